@@ -1,0 +1,29 @@
+# Two commands do everything (see README.md):
+#   make test   set up .venv if needed, then run the test suite
+#   make book   set up .venv if needed, run every chapter (cpu profile), render the HTML
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PROFILE ?= cpu
+STAMP   := $(VENV)/.installed
+
+.PHONY: setup test book notebooks html bench clean
+
+setup: $(STAMP)
+
+# torch==2.13.0 first: on this machine kind it is the CPU build already on disk, and
+# with it installed pip does not pull a multi-GB CUDA build for `torch>=2.4`.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) benchmarks/speculative_vs_autoregressive.py
+
+clean:
+	rm -rf $(VENV) build book/_build
