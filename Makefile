@@ -27,3 +27,18 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) build book/_build
+
+# MathJax for offline math, from the npm registry, into a git-ignored static folder
+MATHJAX := book/_static/mathjax/tex-chtml.js
+$(MATHJAX):
+	rm -rf build/npm && mkdir -p build/npm book/_static/mathjax
+	npm install --prefix build/npm --silent --no-audit --no-fund mathjax@3
+	cp -r build/npm/node_modules/mathjax/es5/. book/_static/mathjax/
+
+notebooks: setup
+	$(PY) -m draftalign.book --profile $(PROFILE)
+
+html: setup $(MATHJAX)
+	$(PY) -m draftalign.book --no-run --build
+
+book: notebooks html

@@ -11,8 +11,11 @@ Sits at the start of the pipeline: every chapter loads the target with
 
 from __future__ import annotations
 
+import copy
+import inspect
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -32,6 +35,8 @@ __all__ = [
     "count_parameters",
     "size_ratio",
     "check_compatible",
+    "layer_subset_draft",
+    "cache_kwargs",
     "cache_dir",
     "default_device",
     "hub_reachable",
@@ -241,6 +246,46 @@ def make_draft(target, *, hidden_size: int, num_layers: int, num_heads: int | No
     for key, value in ids.items():
         setattr(draft.generation_config, key, value)
     return draft
+
+
+def layer_subset_draft(target, layers):
+    """A draft made of a subset of the target's layers, with no training.
+
+    ``layers``: an int ``n`` (the first ``n`` layers) or the indices of the layers to keep,
+    in order; embeddings, final norm and output head are the target's. This is
+    self-speculative decoding by layer skipping (Zhang et al. 2023, "Draft & Verify").
+    The copy shares no tensors with ``target``.
+    """
+    n_total = target.config.num_hidden_layers
+    keep_layers = list(range(layers)) if isinstance(layers, int) else [int(i) for i in layers]
+    if not keep_layers or any(not 0 <= i < n_total for i in keep_layers) or len(set(keep_layers)) != len(keep_layers):
+        raise ValueError(f"layers must be distinct indices in [0, {n_total}) (or a count in "
+                         f"[1, {n_total}]), got {layers!r}")
+    config = copy.deepcopy(target.config)
+    config.num_hidden_layers = len(keep_layers)
+    if getattr(config, "layer_types", None):
+        config.layer_types = [config.layer_types[i] for i in keep_layers]
+    param = next(target.parameters())
+    draft = AutoModelForCausalLM.from_config(config, dtype=param.dtype)
+    renumber = {old: new for new, old in enumerate(keep_layers)}
+    state = {}
+    for key, value in target.state_dict().items():
+        match = re.search(r"\.layers\.(\d+)\.", key)
+        if match is None:
+            state[key] = value
+        elif int(match.group(1)) in renumber:
+            new_key = key.replace(match.group(0), f".layers.{renumber[int(match.group(1))]}.", 1)
+            state[new_key] = value
+    draft.load_state_dict(state, strict=True)
+    draft.generation_config = copy.deepcopy(target.generation_config)
+    return draft.to(param.device).eval()
+
+
+def cache_kwargs(model, cache) -> dict:
+    """``{name: cache}`` for ``model.forward``: transformers 5.2x calls the argument
+    ``cache``, earlier releases ``past_key_values``."""
+    params = inspect.signature(model.forward).parameters
+    return {"cache" if "cache" in params else "past_key_values": cache}
 
 
 def check_compatible(target, draft) -> None:

@@ -12,14 +12,13 @@ with the first verification pass: the target's first call reads the prompt and t
 
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
 
-from .models import check_compatible
+from .models import cache_kwargs, check_compatible
 from .sampling import BlockOutcome, _check_sampling, sample, verify_block, verify_block_greedy, warp
 
 __all__ = ["GenerationResult", "Block", "autoregressive_generate", "speculative_generate"]
@@ -74,9 +73,7 @@ class _CachedModel:
         self.model = model
         self.device = next(model.parameters()).device
         self.cache = DynamicCache(config=model.config)
-        # transformers >= 5.2x names the argument `cache`; earlier releases `past_key_values`
-        params = inspect.signature(model.forward).parameters
-        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.cache_kw = cache_kwargs(model, self.cache)
         self.calls = 0
         self.seconds = 0.0
 
@@ -88,7 +85,7 @@ class _CachedModel:
         """Feed ``ids`` after the cached prefix; logits of the last ``keep`` positions ``[keep, V]``."""
         start = time.perf_counter()
         x = torch.tensor([ids], dtype=torch.long, device=self.device)  # [1, k]
-        out = self.model(input_ids=x, use_cache=True, logits_to_keep=keep, **{self.cache_arg: self.cache})
+        out = self.model(input_ids=x, use_cache=True, logits_to_keep=keep, **self.cache_kw)
         logits = out.logits[0, -keep:]  # [keep, V]
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -1,0 +1,104 @@
+"""The chapter runner: execute the book's notebooks with papermill for one profile.
+
+    python -m draftalign.book --profile cpu [--only 01] [--build]
+
+Reads ``notebooks/*.ipynb`` (in name order) from the project folder; writes executed
+copies to ``book/executed/`` (git-ignored; the Jupyter Book renders these, it never
+executes anything itself) and a timing record ``book/executed/timings-<profile>.json``.
+Stops at the first failing cell with the notebook, the cell and the error. ``--build``
+then renders the HTML with Jupyter Book (warnings are errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .profiles import PROFILES, repo_root
+
+__all__ = ["notebooks", "run_notebooks", "build_html", "main"]
+
+
+def notebooks(root: Path | None = None, only: list[str] | None = None) -> list[Path]:
+    """The chapter notebooks in order, optionally only those whose name starts with one
+    of ``only``."""
+    root = root or repo_root()
+    found = sorted((root / "notebooks").glob("*.ipynb"))
+    if only:
+        found = [nb for nb in found if any(nb.name.startswith(o) for o in only)]
+    return found
+
+
+def run_notebooks(profile: str, *, root: Path | None = None, only: list[str] | None = None,
+                  out_dir: Path | None = None, progress: bool = False) -> list[dict]:
+    """Execute each notebook with ``PROFILE = profile``; returns per-notebook times.
+
+    Raises ``SystemExit`` with a clear message on the first failure; the executed copy
+    with the traceback is kept for inspection.
+    """
+    import papermill as pm
+
+    if profile not in PROFILES:
+        raise SystemExit(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    root = root or repo_root()
+    out_dir = out_dir or root / "book" / "executed"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    todo = notebooks(root, only)
+    if not todo:
+        raise SystemExit(f"no notebooks matched in {root / 'notebooks'}")
+    # the kernel must be this interpreter (the venv's), whatever PATH says
+    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    times = []
+    for nb in todo:
+        out = out_dir / nb.name
+        print(f"[book] {nb.name} (profile {profile}) ...", flush=True)
+        start = time.perf_counter()
+        try:
+            pm.execute_notebook(str(nb), str(out), parameters={"PROFILE": profile},
+                                cwd=str(nb.parent), kernel_name="python3", progress_bar=progress,
+                                log_output=False)
+        except pm.PapermillExecutionError as exc:
+            raise SystemExit(
+                f"[book] {nb.name} failed in cell {exc.exec_count} (profile {profile}):\n"
+                f"  {exc.ename}: {exc.evalue}\n  executed copy with the traceback: {out}") from None
+        seconds = time.perf_counter() - start
+        times.append({"notebook": nb.name, "profile": profile, "seconds": round(seconds, 1)})
+        print(f"[book] {nb.name} done in {seconds:.1f} s", flush=True)
+    (out_dir / f"timings-{profile}.json").write_text(json.dumps(times, indent=2))
+    total = sum(t["seconds"] for t in times)
+    print(f"[book] all {len(times)} notebooks ran in {total:.1f} s (profile {profile})")
+    return times
+
+
+def build_html(root: Path | None = None) -> Path:
+    """Render the book with Jupyter Book (warnings are errors); returns index.html."""
+    root = root or repo_root()
+    exe = Path(sys.executable).parent / "jupyter-book"
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(root / "book"),
+           "--builder", "html", "--warningiserror", "--keep-going"]
+    proc = subprocess.run(cmd)
+    if proc.returncode != 0:
+        raise SystemExit(f"[book] `{' '.join(cmd)}` failed with exit code {proc.returncode}")
+    return root / "book" / "_build" / "html" / "index.html"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m draftalign.book", description=__doc__.split("\n")[0])
+    ap.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
+    ap.add_argument("--only", nargs="*", help="run only notebooks whose name starts with these")
+    ap.add_argument("--build", action="store_true", help="render the HTML afterwards")
+    ap.add_argument("--no-run", action="store_true", help="skip execution (render what is there)")
+    args = ap.parse_args(argv)
+    if not args.no_run:
+        run_notebooks(args.profile, only=args.only)
+    if args.build:
+        print(f"[book] rendered {build_html()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Profiles: every size, seed and model name of the book, in one place.
+
+Reads nothing; notebooks read only ``PROFILE`` from their papermill ``parameters`` cell
+and call :func:`get_profile`. Three sizes of the same book:
+
+- ``ci``: the real embedded target with tiny budgets (all chapters in minutes on 2 cores);
+- ``cpu``: the main job (``make book``), results that show the effects on a laptop CPU;
+- ``gpu``: Colab or any CUDA machine, larger budgets (hub models where a chapter needs them).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .models import DEFAULT_TARGET
+
+__all__ = ["Profile", "PROFILES", "get_profile", "repo_root", "runs_dir"]
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    target: str = DEFAULT_TARGET
+    dtype: str | None = None  # None: fp32 on CPU, bf16 on CUDA
+    seed: int = 0
+    threads: int | None = None  # torch threads for timings (1 is far less noisy on 2 cores)
+    # Chapter 1: speculative decoding from scratch
+    ch1_prefix_len: int = 64  # context before the timed passes
+    ch1_pass_ks: tuple[int, ...] = (1, 2, 4, 8, 16)  # new tokens per timed pass
+    ch1_pass_repeats: int = 5
+    ch1_rule_samples: int = 20_000  # draws of the accept/reject step on real p, q
+    ch1_tau_sim_blocks: int = 20_000  # simulated blocks per (alpha, gamma)
+    ch1_prompts: int = 4  # prompts for the bounds and the bf16 check
+    ch1_max_new_tokens: int = 48
+    ch1_gamma: int = 4
+    ch1_rounds: int = 3  # interleaved timing rounds
+    ch1_subset_layers: int = 10  # layers of the target kept by the layer-subset draft
+    ch1_bf16_check: bool = True
+
+
+PROFILES: dict[str, Profile] = {
+    "ci": Profile(name="ci", threads=1, ch1_pass_ks=(1, 4, 8), ch1_pass_repeats=2,
+                  ch1_rule_samples=4_000, ch1_tau_sim_blocks=2_000, ch1_prompts=2,
+                  ch1_max_new_tokens=16, ch1_rounds=1),
+    "cpu": Profile(name="cpu", threads=1),
+    "gpu": Profile(name="gpu", ch1_prefix_len=256, ch1_pass_ks=(1, 2, 4, 8, 16, 32, 64),
+                   ch1_pass_repeats=20, ch1_rule_samples=200_000, ch1_tau_sim_blocks=100_000,
+                   ch1_prompts=16, ch1_max_new_tokens=128, ch1_rounds=5),
+}
+
+
+def get_profile(name: str, **overrides) -> Profile:
+    """The profile called ``name`` (``ci``, ``cpu`` or ``gpu``), with optional overrides."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
+    return replace(PROFILES[name], **overrides) if overrides else PROFILES[name]
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """The project folder (holding ``pyproject.toml``), found upwards from ``start`` or the
+    working directory; the working directory itself when there is none (an installed
+    package used elsewhere)."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").exists() and (folder / "src" / "draftalign").is_dir():
+            return folder
+    return here
+
+
+def runs_dir(profile: Profile | str) -> Path:
+    """``runs/<profile>/`` (or ``$DRAFTALIGN_RUNS/<profile>``): where chapters leave artifacts."""
+    name = profile if isinstance(profile, str) else profile.name
+    base = os.environ.get("DRAFTALIGN_RUNS")
+    return (Path(base) if base else repo_root() / "runs") / name
