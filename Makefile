@@ -29,11 +29,11 @@ clean:
 	rm -rf $(VENV) build book/_build
 
 # MathJax for offline math, from the npm registry, into a git-ignored static folder
-MATHJAX := book/_static/mathjax/tex-chtml.js
+MATHJAX := book/_assets/mathjax/tex-chtml.js
 $(MATHJAX):
-	rm -rf build/npm && mkdir -p build/npm book/_static/mathjax
+	rm -rf build/npm && mkdir -p build/npm book/_assets/mathjax
 	npm install --prefix build/npm --silent --no-audit --no-fund mathjax@3
-	cp -r build/npm/node_modules/mathjax/es5/. book/_static/mathjax/
+	cp -r build/npm/node_modules/mathjax/es5/. book/_assets/mathjax/
 
 notebooks: setup
 	$(PY) -m draftalign.book --profile $(PROFILE)

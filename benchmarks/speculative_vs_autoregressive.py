@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,20 +26,10 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM
 
+from draftalign.chat import DEMO_PROMPTS, chat_input_ids
 from draftalign.models import count_parameters, load_target, make_draft
+from draftalign.provenance import git_sha, hardware
 from draftalign.speculative import autoregressive_generate, speculative_generate
-
-PROMPTS = [
-    "Explain in three sentences why the sky is blue.",
-    "Write a short poem about a lighthouse keeper.",
-    "List five tips for learning a new language.",
-    "What is the difference between a list and a tuple in Python?",
-    "Summarize the plot of Romeo and Juliet in two sentences.",
-    "Give me a recipe for a simple tomato soup.",
-    "How do vaccines train the immune system?",
-    "Suggest three names for a bakery that sells bread made with local grain.",
-]
-
 
 class CallCounter:
     """Counts forward passes of a model (works for transformers' generate too)."""
@@ -52,28 +40,6 @@ class CallCounter:
 
     def _hook(self, *_):
         self.calls += 1
-
-
-def hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    if torch.cuda.is_available():
-        cpu += f"; GPU {torch.cuda.get_device_name()}"
-    return f"{cpu}; torch threads {torch.get_num_threads()}"
-
-
-def git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except Exception:
-        return "unknown"
 
 
 def main(argv=None) -> dict:
@@ -94,9 +60,7 @@ def main(argv=None) -> dict:
               "random": make_draft(target, hidden_size=256, num_layers=2, seed=0)}
     if args.draft:
         drafts["trained"] = AutoModelForCausalLM.from_pretrained(args.draft, dtype=target.dtype).eval()
-    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}],
-                                             add_generation_prompt=True, return_tensors="pt")["input_ids"]
-               for p in PROMPTS[: args.prompts]]
+    prompts = [chat_input_ids(tokenizer, p, device=target.device) for p in DEMO_PROMPTS[: args.prompts]]
     gamma, n_new = args.gamma, args.max_new_tokens
 
     def hf_assisted(draft):

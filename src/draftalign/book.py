@@ -12,6 +12,7 @@ then renders the HTML with Jupyter Book (warnings are errors).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -21,7 +22,12 @@ from pathlib import Path
 
 from .profiles import PROFILES, repo_root
 
-__all__ = ["notebooks", "run_notebooks", "build_html", "main"]
+__all__ = ["notebooks", "run_notebooks", "build_html", "source_digest", "main"]
+
+
+def source_digest(path: Path) -> str:
+    """sha256 of a notebook file: which source an executed copy came from."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def notebooks(root: Path | None = None, only: list[str] | None = None) -> list[Path]:
@@ -67,7 +73,8 @@ def run_notebooks(profile: str, *, root: Path | None = None, only: list[str] | N
                 f"[book] {nb.name} failed in cell {exc.exec_count} (profile {profile}):\n"
                 f"  {exc.ename}: {exc.evalue}\n  executed copy with the traceback: {out}") from None
         seconds = time.perf_counter() - start
-        times.append({"notebook": nb.name, "profile": profile, "seconds": round(seconds, 1)})
+        times.append({"notebook": nb.name, "profile": profile, "seconds": round(seconds, 1),
+                      "source_sha256": source_digest(nb)})
         print(f"[book] {nb.name} done in {seconds:.1f} s", flush=True)
     (out_dir / f"timings-{profile}.json").write_text(json.dumps(times, indent=2))
     total = sum(t["seconds"] for t in times)

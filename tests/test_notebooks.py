@@ -1,0 +1,131 @@
+"""Notebook hygiene, and every chapter executed with the ``ci`` profile through papermill.
+
+The execution test runs the notebooks itself, unless ``DRAFTALIGN_EXECUTED`` names a
+folder where ``python -m draftalign.book --profile ci`` just executed the same notebook
+sources (``.ci/run`` does that before building the book, so CI runs each notebook once).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from draftalign.book import notebooks, run_notebooks, source_digest
+from draftalign.profiles import PROFILES
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = notebooks(ROOT)
+IDS = [nb.stem for nb in NOTEBOOKS]
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "no notebooks found under notebooks/"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_outputs_stripped(path):
+    nb = nbformat.read(path, as_version=4)
+    dirty = [i for i, c in enumerate(nb.cells)
+             if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
+    assert not dirty, f"{path.name}: code cells {dirty} carry outputs; strip them (tools/nbtool.py --strip)"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_parameters_cell(path):
+    nb = nbformat.read(path, as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: expected one cell tagged 'parameters', found {len(tagged)}"
+    assert tagged[0].cell_type == "code"
+    tree = ast.parse(tagged[0].source)
+    assigned = {t.id: n.value for n in tree.body if isinstance(n, ast.Assign) for t in n.targets
+                if isinstance(t, ast.Name)}
+    assert set(assigned) == {"PROFILE"}, f"{path.name}: the parameters cell must set only PROFILE"
+    assert isinstance(assigned["PROFILE"], ast.Constant) and assigned["PROFILE"].value in PROFILES
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_colab_badge_and_install_cell(path):
+    nb = nbformat.read(path, as_version=4)
+    first_md = next(c for c in nb.cells if c.cell_type == "markdown")
+    assert "colab-badge.svg" in first_md.source, f"{path.name}: no Colab badge in the first markdown cell"
+    assert f"notebooks/{path.name}" in first_md.source, f"{path.name}: the badge points elsewhere"
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    install = [s for s in code if "pip" in s and "install" in s]
+    assert install and all('"google.colab" in sys.modules' in s for s in install), \
+        f"{path.name}: the install cell must run only on Colab"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_versions_cell(path):
+    nb = nbformat.read(path, as_version=4)
+    assert any("versions()" in c.source for c in nb.cells if c.cell_type == "code"), \
+        f"{path.name}: no cell prints versions (draftalign.provenance.versions)"
+
+
+def _toc_files(node) -> list[str]:
+    out = []
+    if isinstance(node, dict):
+        if "file" in node:
+            out.append(node["file"])
+        for value in node.values():
+            out += _toc_files(value)
+    elif isinstance(node, list):
+        for item in node:
+            out += _toc_files(item)
+    return out
+
+
+def test_every_notebook_in_toc():
+    toc = yaml.safe_load((ROOT / "book" / "_toc.yml").read_text())
+    files = set(_toc_files(toc)) | {toc["root"]}
+    missing = [nb.name for nb in NOTEBOOKS if f"executed/{nb.stem}" not in files]
+    assert not missing, f"notebooks missing from book/_toc.yml: {missing}"
+    for entry in files - {f"executed/{nb.stem}" for nb in NOTEBOOKS}:
+        assert list((ROOT / "book").glob(entry + ".*")), f"_toc.yml names {entry}, which does not exist"
+
+
+def _executed_copy(path: Path) -> Path | None:
+    """The executed ci copy from this CI run, if it matches the notebook's source."""
+    folder = os.environ.get("DRAFTALIGN_EXECUTED")
+    if not folder:
+        return None
+    record = Path(folder) / "timings-ci.json"
+    if not record.exists():
+        return None
+    entries = {e["notebook"]: e for e in json.loads(record.read_text())}
+    entry = entries.get(path.name)
+    if entry is None or entry.get("source_sha256") != source_digest(path):
+        return None
+    return Path(folder) / path.name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_notebook_runs_with_ci_profile(path, tmp_path):
+    executed = _executed_copy(path)
+    if executed is None:
+        run_notebooks("ci", root=ROOT, only=[path.name], out_dir=tmp_path)
+        executed = tmp_path / path.name
+    nb = nbformat.read(executed, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.execution_count is not None for c in code), f"{path.name}: not every cell ran"
+    errors = [o for c in code for o in c.outputs if o.output_type == "error"]
+    assert not errors, f"{path.name}: {errors[0].ename}: {errors[0].evalue}"
+    params = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert params and 'PROFILE = "ci"' in params[0].source
+
+
+def test_source_digest_changes_with_source(tmp_path):
+    a = tmp_path / "a.ipynb"
+    a.write_text('{"cells": []}')
+    first = source_digest(a)
+    a.write_text('{"cells": [1]}')
+    assert source_digest(a) != first and len(first) == 64
+    assert first == hashlib.sha256(b'{"cells": []}').hexdigest()
