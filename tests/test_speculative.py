@@ -8,16 +8,12 @@ every possible continuation of a 5-token-vocabulary model.
 
 from __future__ import annotations
 
-import itertools
 import math
 
-import numpy as np
 import pytest
 import torch
 
-import draftalign.speculative as spec
 from draftalign.models import make_draft
-from draftalign.sampling import BlockOutcome, sample, warp
 from draftalign.speculative import autoregressive_generate, speculative_generate
 
 N_NEW = 24  # a multiple of gamma + 1 for gamma = 1, 2, 3, 5
@@ -117,14 +113,20 @@ def test_generation_stops_at_the_context_limit(tiny_llama, prompt_len, budget, g
 
 # ------------------------------------------------------------ greedy, real target
 
-PROMPTS = ["Name three rivers.", "What is 2 + 2?", "Write a haiku about the sea."]
+CHATS = [  # (user message, gamma with a random draft, gamma with the target as draft)
+    ("Name three rivers.", 4, 3),
+    ("What is 2 + 2?", 2, 5),
+    ("Write a haiku about the sea.", 6, 1),
+]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("text", PROMPTS)
-def test_real_target_speculative_greedy_is_exact(real_target, chat_ids, text):
+@pytest.mark.parametrize("text, gamma_random, gamma_self", CHATS)
+def test_real_target_speculative_greedy_is_exact(real_target, chat_ids, text, gamma_random,
+                                                 gamma_self):
     """On SmolLM2-135M-Instruct (fp32), greedy speculative decoding with a random draft
-    and with the target drafting for itself equals ``generate`` and plain decoding."""
+    and with the target drafting for itself equals ``generate`` and plain decoding
+    (24 new tokens: a multiple of gamma + 1 for the self-drafting gammas 1, 3, 5)."""
     target, _ = real_target
     ids = chat_ids(text)
     with torch.no_grad():
@@ -132,13 +134,13 @@ def test_real_target_speculative_greedy_is_exact(real_target, chat_ids, text):
     assert len(ref) > 0
     assert autoregressive_generate(target, ids, max_new_tokens=N_NEW).tokens == ref
     draft = make_draft(target, hidden_size=64, num_layers=1, seed=0)
-    res = speculative_generate(target, draft, ids, max_new_tokens=N_NEW, gamma=4)
+    res = speculative_generate(target, draft, ids, max_new_tokens=N_NEW, gamma=gamma_random)
     assert res.tokens == ref
-    _check_bookkeeping(res, 4)
-    own = speculative_generate(target, target, ids, max_new_tokens=N_NEW, gamma=3)
+    _check_bookkeeping(res, gamma_random)
+    own = speculative_generate(target, target, ids, max_new_tokens=N_NEW, gamma=gamma_self)
     assert own.tokens == ref
-    _check_bookkeeping(own, 3)
-    _check_self_draft(own, 3)
+    _check_bookkeeping(own, gamma_self)
+    _check_self_draft(own, gamma_self)
 
 
 # ------------------------------------------------------------ bad input

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import draftalign.speculative as spec
-from draftalign.sampling import BlockOutcome, sample
+from draftalign.sampling import BlockOutcome, sample, warp
 from draftalign.speculative import autoregressive_generate, speculative_generate
 
 V, PROMPT, N_SAMPLES = 5, [0, 1, 2], 2500
@@ -39,8 +39,6 @@ def models(tiny_llama):
 @torch.no_grad()
 def exact_distribution(model, length, temperature, top_p):
     """``{continuation: probability}`` over all ``V ** length`` continuations of PROMPT."""
-    from draftalign.sampling import warp
-
     nxt = {}
     for k in range(length):
         for prefix in itertools.product(range(V), repeat=k):

@@ -30,23 +30,22 @@ class Profile:
     ch1_prefix_len: int = 64  # context before the timed passes
     ch1_pass_ks: tuple[int, ...] = (1, 2, 4, 8, 16)  # new tokens per timed pass
     ch1_pass_repeats: int = 5
-    ch1_rule_samples: int = 20_000  # draws of the accept/reject step on real p, q
+    ch1_rule_samples: int = 8_000  # draws of the accept/reject step on real p, q
     ch1_tau_sim_blocks: int = 20_000  # simulated blocks per (alpha, gamma)
     ch1_prompts: int = 4  # prompts for the bounds and the bf16 check
-    ch1_max_new_tokens: int = 48
+    ch1_max_new_tokens: int = 40
     ch1_gamma: int = 4
-    ch1_rounds: int = 3  # interleaved timing rounds
-    ch1_subset_layers: int = 10  # layers of the target kept by the layer-subset draft
+    ch1_rounds: int = 2  # interleaved timing rounds
     ch1_bf16_check: bool = True
 
 
 PROFILES: dict[str, Profile] = {
     "ci": Profile(name="ci", threads=1, ch1_pass_ks=(1, 4, 8), ch1_pass_repeats=2,
-                  ch1_rule_samples=4_000, ch1_tau_sim_blocks=2_000, ch1_prompts=2,
+                  ch1_rule_samples=2_000, ch1_tau_sim_blocks=2_000, ch1_prompts=2,
                   ch1_max_new_tokens=16, ch1_rounds=1),
     "cpu": Profile(name="cpu", threads=1),
     "gpu": Profile(name="gpu", ch1_prefix_len=256, ch1_pass_ks=(1, 2, 4, 8, 16, 32, 64),
-                   ch1_pass_repeats=20, ch1_rule_samples=200_000, ch1_tau_sim_blocks=100_000,
+                   ch1_pass_repeats=20, ch1_rule_samples=20_000, ch1_tau_sim_blocks=100_000,
                    ch1_prompts=16, ch1_max_new_tokens=128, ch1_rounds=5),
 }
 

@@ -1,0 +1,195 @@
+"""Metrics: closed forms against Monte Carlo and hand-built generation results."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from draftalign.metrics import (acceptance_rate, cost_ratio_from_params, expected_tau, mbsu,
+                                mean_tau, per_position_acceptance, speedup)
+from draftalign.models import make_draft
+from draftalign.speculative import GenerationResult, speculative_generate
+
+
+def _simulate_blocks(alpha, gamma, n_blocks, rng):
+    """Accepted counts of ``n_blocks`` blocks under i.i.d. Bernoulli(alpha) acceptance:
+    the length of the run of successes before the first failure, capped at gamma."""
+    ok = rng.random((n_blocks, gamma)) < alpha
+    return np.where(ok.all(1), gamma, np.argmin(ok, axis=1))
+
+
+def _result(accepted, drafted):
+    """A ``GenerationResult`` as ``speculative_generate`` would build it (no EOS cut)."""
+    tokens = [0] * sum(a + 1 for a in accepted)
+    return GenerationResult(tokens=tokens, target_calls=len(accepted), accepted=list(accepted),
+                            drafted=list(drafted), gamma=max(drafted, default=None))
+
+
+# ------------------------------------------------------------------ expected_tau
+
+@pytest.mark.parametrize("gamma", [1, 3, 5, 8])
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 0.6, 0.9, 1.0])
+def test_expected_tau_matches_monte_carlo(alpha, gamma):
+    """``(1 - a^(g+1)) / (1 - a)`` is the mean of (accepted prefix + 1) over simulated
+    blocks with i.i.d. acceptance, within 5 standard errors."""
+    rng = np.random.default_rng(int(alpha * 100) + gamma)
+    tokens = _simulate_blocks(alpha, gamma, 100_000, rng) + 1
+    se = tokens.std() / math.sqrt(len(tokens))
+    assert abs(tokens.mean() - expected_tau(alpha, gamma)) <= 5 * se + 1e-12
+    assert expected_tau(alpha, gamma) == pytest.approx(sum(alpha ** k for k in range(gamma + 1)))
+
+
+def test_expected_tau_limits_and_monotonicity():
+    """alpha = 0 gives 1, alpha = 1 gives gamma + 1 (continuously), and tau grows with
+    both alpha and gamma."""
+    assert expected_tau(0.0, 4) == 1.0
+    assert expected_tau(1.0, 4) == 5.0
+    assert expected_tau(1 - 1e-9, 4) == pytest.approx(5.0, abs=1e-6)
+    taus = [expected_tau(a, 4) for a in np.linspace(0, 1, 11)]
+    assert all(x < y for x, y in zip(taus, taus[1:]))
+    assert all(expected_tau(0.7, g) < expected_tau(0.7, g + 1) for g in range(1, 8))
+
+
+@pytest.mark.parametrize("alpha, gamma, match", [
+    (-0.1, 3, "alpha"), (1.1, 3, "alpha"), (float("nan"), 3, "alpha"),
+    (0.5, 0, "gamma"), (0.5, -1, "gamma"), (0.5, 2.5, "gamma"),
+])
+def test_expected_tau_rejects_bad_input(alpha, gamma, match):
+    with pytest.raises(ValueError, match=match):
+        expected_tau(alpha, gamma)
+
+
+# ------------------------------------------------------- speedup, mbsu, cost ratio
+
+def test_speedup_formula():
+    """speed-up = tau / (gamma * c + 1): a block costs gamma draft steps plus one target
+    step; with free drafts (c = 0) it is tau itself."""
+    assert speedup(3.0, 4, 0.1) == pytest.approx(3.0 / 1.4)
+    assert speedup(2.5, 5, 0.0) == 2.5
+    assert speedup(1.0, 1, 1.0) == 0.5
+    assert speedup(5.0, 4, 0.05) == pytest.approx(5.0 / 1.2)  # tau = gamma + 1 allowed
+
+
+@pytest.mark.parametrize("tau, gamma, c, match", [
+    (2.0, 4, -0.1, "cost ratio"), (0.9, 4, 0.1, "tau"), (5.5, 4, 0.1, "tau"),
+    (float("nan"), 4, 0.1, "tau"), (2.0, 0, 0.1, "gamma"), (2.0, 1.5, 0.1, "gamma"),
+])
+def test_speedup_rejects_bad_input(tau, gamma, c, match):
+    with pytest.raises(ValueError, match=match):
+        speedup(tau, gamma, c)
+
+
+def test_cost_ratio_and_mbsu():
+    """``c = N_draft / N_target`` and mbsu = speedup with that c."""
+    assert cost_ratio_from_params(10, 100) == pytest.approx(0.1)
+    n_d, n_t = 13_000_000, 134_515_008
+    assert mbsu(3.2, 4, n_d, n_t) == pytest.approx(3.2 / (4 * n_d / n_t + 1))
+    assert mbsu(3.2, 4, n_d, n_t) == speedup(3.2, 4, cost_ratio_from_params(n_d, n_t))
+
+
+@pytest.mark.parametrize("n_draft, n_target", [(0, 10), (10, 0), (-5, 10)])
+def test_cost_ratio_rejects_non_positive_counts(n_draft, n_target):
+    with pytest.raises(ValueError, match="parameter counts must be positive"):
+        cost_ratio_from_params(n_draft, n_target)
+    with pytest.raises(ValueError, match="parameter counts must be positive"):
+        mbsu(2.0, 4, n_draft, n_target)
+
+
+# ------------------------------------------- per-position acceptance, alpha, tau
+
+def test_per_position_acceptance_by_hand():
+    """Blocks (accepted/drafted) 3/3, 0/3, 1/3, 2/3, 1/1, 0/0: position 1 is reached by 5
+    blocks and passed by 4; position 2 reached by 3 (1/1 drafted only one) and passed by
+    2; position 3 reached by 2, passed by 1. A position never reached is NaN."""
+    results = [_result([3, 0, 1], [3, 3, 3]), _result([2, 1, 0], [3, 1, 0])]
+    out = per_position_acceptance(results)
+    np.testing.assert_allclose(out, [4 / 5, 2 / 3, 1 / 2])
+    out4 = per_position_acceptance(results, gamma=4)
+    assert out4.shape == (4,) and math.isnan(out4[3])
+    np.testing.assert_allclose(out4[:3], out)
+    # pooled alpha: 7 accepted drafts over 3 + 1 + 2 + 3 + 1 + 0 = 10 reached drafts
+    assert acceptance_rate(results) == pytest.approx(7 / 10)
+
+
+def test_acceptance_rate_extremes_and_empty():
+    """All drafts accepted gives 1, none gives 0, no drafts at all gives NaN."""
+    assert acceptance_rate([_result([4, 4, 2], [4, 4, 2])]) == 1.0
+    assert acceptance_rate([_result([0, 0, 0], [4, 4, 1])]) == 0.0
+    assert math.isnan(acceptance_rate([_result([0], [0])]))
+    assert math.isnan(acceptance_rate([]))
+
+
+@pytest.mark.parametrize("alpha", [0.25, 0.8])
+def test_metrics_recover_a_known_alpha(alpha):
+    """On simulated results with i.i.d. acceptance ``alpha`` (gamma 4, some last blocks
+    cut short), acceptance_rate and every per-position rate estimate alpha, and mean_tau
+    of the full blocks matches expected_tau(alpha, 4)."""
+    rng, gamma = np.random.default_rng(42), 4
+    results = []
+    for _ in range(400):
+        acc = _simulate_blocks(alpha, gamma, 30, rng).tolist()
+        dr = [gamma] * 30
+        last_d = int(rng.integers(0, gamma))  # a last block cut to last_d drafts
+        dr.append(last_d)
+        acc.append(min(last_d, int(_simulate_blocks(alpha, gamma, 1, rng)[0])))
+        results.append(_result(acc, dr))
+    n_trials = sum(min(a + 1, d) for r in results for a, d in zip(r.accepted, r.drafted))
+    tol = 5 * math.sqrt(alpha * (1 - alpha) / n_trials)
+    assert acceptance_rate(results) == pytest.approx(alpha, abs=tol)
+    per_pos = per_position_acceptance(results, gamma)
+    assert np.all(np.abs(per_pos - alpha) < 0.05), per_pos
+    full = [_result(r.accepted[:-1], r.drafted[:-1]) for r in results]
+    assert mean_tau(full) == pytest.approx(expected_tau(alpha, gamma), rel=0.02)
+
+
+def test_mean_tau_pools_tokens_over_calls():
+    """mean_tau is total tokens over total target calls, not a mean of ratios."""
+    a = GenerationResult(tokens=list(range(10)), target_calls=5)
+    b = GenerationResult(tokens=list(range(3)), target_calls=3)
+    assert mean_tau([a, b]) == pytest.approx(13 / 8)
+    assert mean_tau([a]) == a.tau == 2.0
+    with pytest.raises(ValueError, match="no target calls"):
+        mean_tau([GenerationResult(tokens=[], target_calls=0)])
+
+
+def test_metrics_on_real_speculative_results(tiny_llama):
+    """On actual speculative runs: the target drafting for itself has alpha = 1 and
+    per-position rates of 1; a random draft's numbers agree with its block records."""
+    target = tiny_llama(vocab_size=16, eos_token_id=None, init_std=0.5, seed=7)
+    draft = make_draft(target, hidden_size=16, num_layers=1, num_heads=2, seed=8)
+    prompts = [torch.tensor([[1, i, 2 * i % 16]]) for i in range(5)]
+    own = [speculative_generate(target, target, p, max_new_tokens=20, gamma=3) for p in prompts]
+    assert acceptance_rate(own) == 1.0
+    np.testing.assert_array_equal(per_position_acceptance(own), [1.0, 1.0, 1.0])
+    assert mean_tau(own) == pytest.approx(100 / sum(r.target_calls for r in own))
+    rnd = [speculative_generate(target, draft, p, max_new_tokens=20, gamma=3) for p in prompts]
+    acc = [a for r in rnd for a in r.accepted]
+    dr = [d for r in rnd for d in r.drafted]
+    assert acceptance_rate(rnd) == pytest.approx(sum(acc) / sum(min(a + 1, d) for a, d in zip(acc, dr)))
+    assert mean_tau(rnd) == pytest.approx(100 / sum(r.target_calls for r in rnd))
+
+
+def test_blocks_without_drafted_records_are_not_silently_dropped():
+    """Blocks whose ``drafted`` entry is missing must not vanish from the metrics. A
+    ``GenerationResult`` built by hand with ``accepted`` only (``drafted`` left at its
+    default ``[]``), or with a shorter ``drafted`` list, should either raise
+    ``ValueError`` or have all its blocks counted; today ``zip`` drops them silently:
+    acceptance_rate returns NaN and per-position rates use a subset of the blocks."""
+    hand = GenerationResult(tokens=[0] * 5, target_calls=3, accepted=[2, 0, 0])
+    try:
+        rate = acceptance_rate([hand])
+    except ValueError:
+        pass
+    else:
+        assert not math.isnan(rate), "all 3 blocks of the result were ignored"
+    short = SimpleNamespace(accepted=[2, 0, 0], drafted=[2])
+    try:
+        out = per_position_acceptance([short], gamma=2)
+    except ValueError:
+        pass
+    else:  # 3 blocks reached position 1, one of them passed it
+        assert out[0] == pytest.approx(1 / 3), out
