@@ -1,0 +1,149 @@
+"""Prompts for distillation and evaluation: the built-in sets, public datasets, and
+prompts the target writes itself.
+
+Reads ``data/prompts/{distill,eval}.jsonl`` (written by the project, one category per
+prompt), or public instruction datasets through ``datasets`` (the ``gpu`` profile);
+writes nothing. Chapter 3 turns these prompts into the distillation dataset; every
+chapter measures tau on the evaluation set, per category. The pretraining corpus and
+packing live in :mod:`draftalign.corpus` and are re-exported here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from .corpus import pack_blocks, pretraining_texts, stdlib_docstrings, web_texts  # noqa: F401
+from .profiles import repo_root
+
+__all__ = ["CATEGORIES", "load_prompts", "load_hub_prompts", "self_instruct_prompts",
+           "pack_blocks", "pretraining_texts", "stdlib_docstrings", "web_texts", "prompts_dir"]
+
+CATEGORIES = ("open_qa", "creative_writing", "brainstorming", "summarization", "rewriting",
+              "classification", "extraction", "code", "math")
+
+# Dolly's category names mapped onto ours.
+_DOLLY = {"open_qa": "open_qa", "general_qa": "open_qa", "closed_qa": "extraction",
+          "creative_writing": "creative_writing", "brainstorming": "brainstorming",
+          "summarization": "summarization", "classification": "classification",
+          "information_extraction": "extraction"}
+
+
+def prompts_dir() -> Path:
+    return repo_root() / "data" / "prompts"
+
+
+def load_prompts(split: str = "distill", *, categories=None, limit_per_category: int | None = None) -> list[dict]:
+    """The built-in prompt set ``split`` ("distill" or "eval"): dicts with ``id``,
+    ``category`` and ``prompt``, in file order. ``limit_per_category`` keeps the first
+    prompts of each category (so small profiles keep the category mix)."""
+    if split not in ("distill", "eval"):
+        raise ValueError(f"split must be 'distill' or 'eval', got {split!r}")
+    path = prompts_dir() / f"{split}.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run from inside the project folder "
+                                f"(the prompt sets live in data/prompts/)")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if categories is not None:
+        unknown = set(categories) - set(CATEGORIES)
+        if unknown:
+            raise ValueError(f"unknown categories {sorted(unknown)}; known: {CATEGORIES}")
+        rows = [r for r in rows if r["category"] in set(categories)]
+    if limit_per_category is not None:
+        seen: dict[str, int] = {}
+        kept = []
+        for r in rows:
+            if seen.get(r["category"], 0) < limit_per_category:
+                kept.append(r)
+                seen[r["category"]] = seen.get(r["category"], 0) + 1
+        rows = kept
+    return rows
+
+
+def load_hub_prompts(name: str = "databricks/databricks-dolly-15k", *, limit: int | None = None,
+                     seed: int = 0) -> list[dict]:
+    """Prompts from a public instruction dataset on the Hugging Face hub (the ``gpu``
+    profile). Supported: ``databricks/databricks-dolly-15k`` (instruction + context,
+    categories mapped onto ours) and ``OpenAssistant/oasst1`` (first user turns in English).
+
+    Offline this raises ``RuntimeError`` naming the dataset; use :func:`load_prompts`.
+    """
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, split="train")
+    except Exception as exc:
+        raise RuntimeError(f"could not load {name!r} from the Hugging Face hub ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}); offline, use the built-in "
+                           f"sets: draftalign.data.load_prompts()") from exc
+    ds = ds.shuffle(seed=seed)
+    rows = []
+    if "dolly" in name:
+        for r in ds:
+            text = r["instruction"].strip()
+            if r.get("context"):
+                text += "\n\n" + r["context"].strip()
+            rows.append({"id": f"dolly-{len(rows)}", "category": _DOLLY.get(r["category"], "open_qa"),
+                         "prompt": text})
+            if limit and len(rows) >= limit:
+                break
+    elif "oasst" in name:
+        for r in ds:
+            if r["role"] == "prompter" and r["parent_id"] is None and r["lang"] == "en":
+                rows.append({"id": f"oasst-{len(rows)}", "category": "open_qa", "prompt": r["text"].strip()})
+                if limit and len(rows) >= limit:
+                    break
+    else:
+        raise ValueError(f"no loader for {name!r}; supported: dolly-15k, oasst1")
+    return rows
+
+
+def _user_turn_prefix(tokenizer) -> str:
+    """The chat template's text up to where a user's message begins (with the template's
+    default system turn, if any): Magpie's "pre-query template"."""
+    marker = "\u2063QUERY\u2063"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": marker}], tokenize=False)
+    return text[: text.index(marker)]
+
+
+def _normalise(text: str) -> str:
+    return re.sub(r"\W+", " ", text.lower()).strip()
+
+
+@torch.inference_mode()
+def self_instruct_prompts(target, tokenizer, n: int, *, temperature: float = 1.0, top_p: float = 0.95,
+                          max_new_tokens: int = 60, batch_size: int = 8, seed: int = 0,
+                          max_rounds: int = 20) -> list[dict]:
+    """Prompts written by the target itself (Magpie, Xu et al. 2024): feed the chat
+    template up to an empty user turn and let the target write the user's message.
+
+    Keeps messages that ended their turn, have 4 to 80 words, are mostly ASCII letters
+    and are not duplicates (after lower-casing and dropping punctuation). Returns up to
+    ``n`` dicts with ``id``, ``category`` ("self_instruct") and ``prompt``.
+    """
+    prefix = tokenizer(_user_turn_prefix(tokenizer), add_special_tokens=False, return_tensors="pt")
+    ids = prefix["input_ids"].to(target.device)
+    eos = tokenizer.eos_token_id
+    torch.manual_seed(seed)
+    kept, seen = [], set()
+    for _ in range(max_rounds):
+        out = target.generate(ids.expand(batch_size, -1), attention_mask=torch.ones_like(ids).expand(batch_size, -1),
+                              do_sample=True, temperature=temperature, top_p=top_p,
+                              max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+        for row in out[:, ids.shape[1]:].tolist():
+            if eos not in row:
+                continue  # did not finish its turn
+            text = tokenizer.decode(row[: row.index(eos)], skip_special_tokens=True).strip()
+            words = text.split()
+            letters = sum(c.isascii() and c.isalpha() for c in text)
+            key = _normalise(text)
+            if not 4 <= len(words) <= 80 or letters < 0.6 * len(text) or key in seen:
+                continue
+            seen.add(key)
+            kept.append({"id": f"self-{len(kept):04d}", "category": "self_instruct", "prompt": text})
+            if len(kept) >= n:
+                return kept
+    return kept

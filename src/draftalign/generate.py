@@ -1,0 +1,148 @@
+"""Distillation data: the chat target answers instruction prompts.
+
+Reads a target, its tokenizer and a list of user messages; writes ``out_dir/`` with
+``settings.json`` (sampling settings, model, prompt fingerprint), ``records.jsonl`` (one
+JSON line per answered prompt, appended batch by batch) and returns the finished
+``datasets.Dataset``. Chapter 3 builds the distillation set with it; Chapter 4 trains on
+it.
+
+Resumable: each batch's records are written in one append, flushed and fsynced; a run
+killed at any point and started again with the same arguments skips the prompts already
+answered, drops a half-written last line if the kill came mid-write, and finishes the
+rest. Each batch is sampled with its own seed (``seed`` + batch index), so a resumed run
+writes exactly what an uninterrupted run would have written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import datasets
+import torch
+from tqdm.std import tqdm
+
+from .chat import generation_prefix_ids
+
+__all__ = ["generate_distillation_data", "load_distillation_data"]
+
+_RECORDS = "records.jsonl"
+_SETTINGS = "settings.json"
+
+
+def _fingerprint(prompts: list[str]) -> str:
+    return hashlib.sha256("\0".join(prompts).encode("utf-8")).hexdigest()
+
+
+def _read_records(path: Path) -> dict[int, dict]:
+    """Complete records by index; a torn last line (a kill mid-write) is cut off the file."""
+    if not path.exists():
+        return {}
+    raw = path.read_bytes()
+    keep = raw[: raw.rfind(b"\n") + 1]  # everything up to the last complete line
+    if len(keep) != len(raw):
+        with open(path, "r+b") as f:
+            f.truncate(len(keep))
+    records = {}
+    for line in keep.decode("utf-8").splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            records.setdefault(rec["index"], rec)
+    return records
+
+
+def load_distillation_data(out_dir) -> datasets.Dataset:
+    """The dataset in ``out_dir`` (rows in prompt order)."""
+    path = Path(out_dir) / _RECORDS
+    if not path.exists():
+        raise FileNotFoundError(f"no distillation data in {out_dir}")
+    rows = sorted(_read_records(path).values(), key=lambda r: r["index"])
+    return datasets.Dataset.from_list(rows)
+
+
+@torch.inference_mode()
+def generate_distillation_data(target, tokenizer, prompts: list[str], out_dir, *, max_new_tokens: int,
+                               temperature: float, top_p: float, batch_size: int, seed: int,
+                               categories: list[str] | None = None, system: str | None = None,
+                               progress: bool = True,
+                               on_batch: Callable[[int], None] | None = None) -> datasets.Dataset:
+    """Let ``target`` answer every prompt in its chat template; one row per prompt.
+
+    Columns: ``index``, ``prompt``, ``category``, ``prompt_ids`` (the templated prompt),
+    ``response`` (text), ``response_ids`` (the target's tokens, ending with the
+    end-of-turn token when it finished), ``finish_reason`` ("stop" or "length").
+    ``temperature = 0`` is greedy. ``on_batch(n_done)`` is called after each batch is
+    safely on disk.
+    """
+    if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise ValueError("prompts must be a non-empty list of non-empty strings")
+    if categories is not None and len(categories) != len(prompts):
+        raise ValueError(f"{len(categories)} categories for {len(prompts)} prompts")
+    if max_new_tokens < 1 or batch_size < 1 or temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError("need max_new_tokens >= 1, batch_size >= 1, temperature >= 0, 0 < top_p <= 1")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = {"model": getattr(target, "draftalign_source", target.config._name_or_path),
+                "n_prompts": len(prompts), "prompts_sha256": _fingerprint(prompts),
+                "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
+                "batch_size": batch_size, "seed": seed, "system": system}
+    settings_path = out_dir / _SETTINGS
+    if settings_path.exists():
+        old = json.loads(settings_path.read_text())
+        if old != settings:
+            diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+            raise ValueError(f"{out_dir} holds a run with other settings {diff}; use another out_dir")
+    else:
+        settings_path.write_text(json.dumps(settings, indent=2))
+    records_path = out_dir / _RECORDS
+    done = _read_records(records_path)
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    batches = [list(range(i, min(i + batch_size, len(prompts)))) for i in range(0, len(prompts), batch_size)]
+    todo = [(b, idx) for b, idx in enumerate(batches) if not all(i in done for i in idx)]
+    bar = tqdm(total=len(prompts), initial=len(prompts) - sum(len(i) for _, i in todo),
+               desc="target answers", unit="prompt", disable=not progress, mininterval=2)
+    new_tokens, start = 0, time.perf_counter()
+    device = next(target.parameters()).device
+    for b, idx in todo:
+        encoded = [generation_prefix_ids(tokenizer, prompts[i], system=system) for i in idx]
+        width = max(len(e) for e in encoded)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for j, e in enumerate(encoded):  # left padding: every prompt ends at the same column
+            ids[j, width - len(e):] = torch.tensor(e)
+            mask[j, width - len(e):] = 1
+        torch.manual_seed(seed + b)
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 \
+            else {"do_sample": False}
+        out = target.generate(ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                              pad_token_id=pad, **sampling)
+        lines = []
+        for j, i in enumerate(idx):
+            row = out[j, width:].tolist()
+            finished = eos in row
+            response_ids = row[: row.index(eos) + 1] if finished else row
+            new_tokens += len(response_ids)
+            if i in done:
+                continue
+            lines.append(json.dumps({
+                "index": i, "prompt": prompts[i], "category": categories[i] if categories else None,
+                "prompt_ids": encoded[j], "response": tokenizer.decode(response_ids, skip_special_tokens=True),
+                "response_ids": response_ids, "finish_reason": "stop" if finished else "length",
+            }, ensure_ascii=False))
+        with open(records_path, "a", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in lines))
+            f.flush()
+            os.fsync(f.fileno())
+        for i in idx:
+            done.setdefault(i, True)
+        bar.update(len(lines))
+        bar.set_postfix(tok_s=f"{new_tokens / (time.perf_counter() - start):.0f}")
+        if on_batch is not None:
+            on_batch(len(done))
+    bar.close()
+    return load_distillation_data(out_dir)

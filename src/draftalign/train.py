@@ -1,0 +1,267 @@
+"""One training loop for the draft: pretraining (Chapter 2) and distillation (Chapter 4).
+
+Reads a model, a :class:`Batches` source and a loss function; writes checkpoints to
+``out_dir/checkpoint/`` (model, optimizer, scheduler, step, RNG states, history), and at
+the end the trained draft as a standard Hugging Face folder ``out_dir/`` that
+``AutoModelForCausalLM.from_pretrained`` loads.
+
+Resume is exact: the data order is a pure function of (seed, step), and the checkpoint
+holds everything else that changes during training, so a run killed at any point and
+started again with the same arguments ends with the same weights as one that never
+stopped (from the last checkpoint on).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.std import tqdm
+
+__all__ = ["TrainConfig", "Batches", "train", "lm_loss", "lr_at", "evaluate", "history_of"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_steps: int
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 20
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    eval_every: int = 50
+    eval_batches: int = 4
+    checkpoint_every: int = 50
+    seed: int = 0
+    autocast: str = "auto"  # "auto" (bf16 on CUDA only), "bf16" or "off"
+
+    def __post_init__(self):
+        if self.max_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("max_steps, batch_size and grad_accum must be >= 1")
+        if self.autocast not in ("auto", "bf16", "off"):
+            raise ValueError(f"autocast must be 'auto', 'bf16' or 'off', got {self.autocast!r}")
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to ``lr``, then cosine decay to ``lr * min_lr_ratio`` at ``max_steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.max_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class Batches:
+    """Batches of examples in a seeded order that depends only on (seed, step).
+
+    ``examples``: a dict of equal-length tensors (``input_ids`` ``[N, L]`` and optional
+    ``loss_mask`` ``[N, L]`` for packed blocks) or a list of dicts of 1-D tensors
+    (variable-length examples, right-padded per batch with ``pad_id``, the mask 0 there).
+    Each pass over the data ("epoch") uses a fresh permutation.
+    """
+
+    def __init__(self, examples, *, pad_id: int = 0, seed: int = 0):
+        if isinstance(examples, dict):
+            n = {len(v) for v in examples.values()}
+            if len(n) != 1:
+                raise ValueError("all tensors of a dict dataset need the same first dimension")
+            self.n = n.pop()
+        else:
+            self.n = len(examples)
+        if self.n == 0:
+            raise ValueError("no training examples")
+        self.examples, self.pad_id, self.seed = examples, pad_id, seed
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._perms = {epoch: torch.randperm(self.n, generator=gen)}
+        return self._perms[epoch]
+
+    def indices(self, start: int, count: int) -> list[int]:
+        """Example indices at positions ``start .. start + count`` of the endless stream."""
+        return [int(self._perm(i // self.n)[i % self.n]) for i in range(start, start + count)]
+
+    def get(self, idx: list[int]) -> dict:
+        if isinstance(self.examples, dict):
+            batch = {k: v[idx] for k, v in self.examples.items()}
+            batch.setdefault("loss_mask", torch.ones_like(batch["input_ids"]))
+            return batch
+        rows = [self.examples[i] for i in idx]
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, r in enumerate(rows):
+            n = len(r["input_ids"])
+            ids[j, :n] = torch.as_tensor(r["input_ids"])
+            mask[j, :n] = torch.as_tensor(r.get("loss_mask", [1] * n))
+        return {"input_ids": ids, "loss_mask": mask, "attention_mask": (torch.arange(width)[None]
+                < torch.tensor([len(r["input_ids"]) for r in rows])[:, None]).long()}
+
+    def batch(self, position: int, size: int) -> dict:
+        return self.get(self.indices(position, size))
+
+
+def lm_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
+    """Next-token cross-entropy over positions whose *target* token has ``loss_mask`` 1."""
+    ids = batch["input_ids"]  # [B, T]
+    logits = model(input_ids=ids, attention_mask=batch.get("attention_mask")).logits[:, :-1]  # [B, T-1, V]
+    labels, mask = ids[:, 1:], batch["loss_mask"][:, 1:].float()  # [B, T-1]
+    ce = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none")
+    loss = (ce * mask).sum() / mask.sum().clamp(min=1)
+    with torch.no_grad():
+        top1 = ((logits.argmax(-1) == labels).float() * mask).sum() / mask.sum().clamp(min=1)
+    return loss, {"top1": float(top1), "tokens": float(mask.sum())}
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    on = cfg.autocast == "bf16" or (cfg.autocast == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
+
+
+@torch.no_grad()
+def evaluate(model, data: Batches, loss_fn, cfg: TrainConfig) -> dict:
+    """Mean loss (and stats) over the first ``eval_batches`` batches of ``data`` (fixed order)."""
+    device = next(model.parameters()).device
+    model.eval()
+    totals: dict[str, float] = {}
+    n = min(cfg.eval_batches, math.ceil(len(data) / cfg.batch_size))
+    for b in range(n):
+        idx = list(range(b * cfg.batch_size, min(len(data), (b + 1) * cfg.batch_size)))
+        with _autocast(cfg, device):
+            loss, stats = loss_fn(model, _to(data.get(idx), device))
+        for k, v in {"loss": float(loss), **stats}.items():
+            totals[k] = totals.get(k, 0.0) + v
+    model.train()
+    return {f"eval_{k}": v / n for k, v in totals.items() if k != "tokens"}
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_checkpoint(folder: Path, model, opt, sched, step: int, history: list, cfg) -> None:
+    """Write to a temporary folder, then swap it in: a crash never leaves half a checkpoint."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "step": step, "rng": _rng_state(), "config": asdict(cfg)}, tmp / "state.pt")
+    pd.DataFrame(history).to_csv(tmp / "history.csv", index=False)
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def train(model, data: Batches, cfg: TrainConfig, out_dir, *, loss_fn: Callable = lm_loss,
+          eval_data: Batches | None = None, resume: bool = True, stop_after: int | None = None,
+          progress: bool = True, desc: str = "training") -> pd.DataFrame:
+    """Train ``model`` in place and return the history (one row per optimizer step).
+
+    ``loss_fn(model, batch) -> (loss, stats)`` sees batches of ``cfg.batch_size`` examples;
+    each step accumulates ``cfg.grad_accum`` of them. With ``resume``, training continues
+    from ``out_dir/checkpoint`` if it exists and its config equals ``cfg``. ``stop_after``
+    ends this call after that many steps (with a checkpoint), to split training across
+    sessions. When ``max_steps`` is reached the model is saved to ``out_dir`` with
+    ``save_pretrained`` and the checkpoint is kept for inspection.
+    """
+    out_dir = Path(out_dir)
+    ckpt = out_dir / "checkpoint"
+    device = next(model.parameters()).device
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg) / cfg.lr)
+    step, history = 0, []
+    if resume and (ckpt / "state.pt").exists():
+        state = torch.load(ckpt / "state.pt", weights_only=False, map_location=device)
+        if state["config"] != asdict(cfg):
+            raise ValueError(f"{ckpt} was written with another config; delete it or pass resume=False\n"
+                             f"  checkpoint: {state['config']}\n  now:        {asdict(cfg)}")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step = state["step"]
+        _set_rng_state(state["rng"])
+        history = pd.read_csv(ckpt / "history.csv").to_dict("records") if step else []
+    else:
+        torch.manual_seed(cfg.seed)
+    model.train()
+    end = cfg.max_steps if stop_after is None else min(cfg.max_steps, step + stop_after)
+    bar = tqdm(total=cfg.max_steps, initial=step, desc=desc, disable=not progress, mininterval=2)
+    examples_per_step = cfg.batch_size * cfg.grad_accum
+    while step < end:
+        start = time.perf_counter()
+        totals: dict[str, float] = {}
+        for micro in range(cfg.grad_accum):
+            batch = _to(data.batch(step * examples_per_step + micro * cfg.batch_size, cfg.batch_size), device)
+            with _autocast(cfg, device):
+                loss, stats = loss_fn(model, batch)
+            (loss / cfg.grad_accum).backward()
+            for k, v in {"loss": float(loss.detach()), **stats}.items():
+                totals[k] = totals.get(k, 0.0) + (v if k == "tokens" else v / cfg.grad_accum)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        row = {"step": step + 1, "lr": sched.get_last_lr()[0], **totals, "grad_norm": float(grad_norm)}
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        row["seconds"] = time.perf_counter() - start
+        row["tokens_per_s"] = totals.get("tokens", 0.0) / row["seconds"]
+        if eval_data is not None and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+            row.update(evaluate(model, eval_data, loss_fn, cfg))
+        history.append(row)
+        bar.update()
+        bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
+        if step % cfg.checkpoint_every == 0 or step == end:
+            _save_checkpoint(ckpt, model, opt, sched, step, history, cfg)
+    bar.close()
+    model.eval()
+    if step >= cfg.max_steps:
+        model.save_pretrained(out_dir)
+        (out_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        pd.DataFrame(history).to_csv(out_dir / "history.csv", index=False)
+    return pd.DataFrame(history)
+
+
+def history_of(out_dir) -> pd.DataFrame:
+    """The saved history of a finished run in ``out_dir``."""
+    path = Path(out_dir) / "history.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"no finished training run in {out_dir}")
+    return pd.read_csv(path)
+
