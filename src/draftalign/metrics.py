@@ -83,7 +83,9 @@ def _blocks(results: Sequence) -> tuple[list[int], list[int]]:
     drafted: list[int] = []
     for r in results:
         acc = list(getattr(r, "accepted"))
-        dr = list(getattr(r, "drafted", [None] * len(acc)))
+        dr = list(getattr(r, "drafted", None) or [None] * len(acc))  # None: gamma drafted
+        if len(dr) != len(acc):
+            raise ValueError(f"a result has {len(acc)} accepted counts but {len(dr)} drafted counts")
         for a, d in zip(acc, dr):
             accepted.append(int(a))
             drafted.append(int(d) if d is not None else -1)

@@ -16,7 +16,7 @@ __all__ = ["warp", "sample", "verify_block", "verify_block_greedy", "BlockOutcom
 
 
 def _check_sampling(temperature: float, top_p: float) -> None:
-    if temperature < 0:
+    if not temperature >= 0:  # also refuses NaN
         raise ValueError(f"temperature must be >= 0, got {temperature!r}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must lie in (0, 1], got {top_p!r}")
@@ -97,6 +97,8 @@ def verify_block_greedy(p_logits: torch.Tensor, draft_tokens) -> BlockOutcome:
     token for token (given the same logits).
     """
     gamma = len(draft_tokens)
+    if p_logits.dim() != 2 or p_logits.shape[0] != gamma + 1:
+        raise ValueError(f"expected p_logits [{gamma + 1}, V], got {tuple(p_logits.shape)}")
     best = p_logits.argmax(dim=-1).tolist()  # [gamma + 1]
     for i, x in enumerate(draft_tokens):
         if int(x) != best[i]:
