@@ -63,6 +63,11 @@ def web_texts(name: str = "HuggingFaceFW/fineweb-edu", *, config: str | None = "
     download). Raises ``RuntimeError`` naming the corpus when the hub is unreachable."""
     import datasets
 
+    from .models import hub_reachable
+
+    if not hub_reachable():
+        raise RuntimeError(f"could not stream {name!r}: the Hugging Face hub is unreachable; "
+                           f"offline, use draftalign.corpus.stdlib_docstrings()")
     try:
         stream = datasets.load_dataset(name, config, split="train", streaming=True)
         texts = []

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .corpus import pack_blocks, pretraining_texts, stdlib_docstrings, web_texts  # noqa: F401
+from .models import hub_reachable
 from .profiles import repo_root
 
 __all__ = ["CATEGORIES", "load_prompts", "load_hub_prompts", "self_instruct_prompts",
@@ -73,6 +74,9 @@ def load_hub_prompts(name: str = "databricks/databricks-dolly-15k", *, limit: in
     """
     import datasets
 
+    if not hub_reachable():
+        raise RuntimeError(f"could not load {name!r}: the Hugging Face hub is unreachable; offline, "
+                           f"use the built-in sets: draftalign.data.load_prompts()")
     try:
         ds = datasets.load_dataset(name, split="train")
     except Exception as exc:

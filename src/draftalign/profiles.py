@@ -37,16 +37,54 @@ class Profile:
     ch1_gamma: int = 4
     ch1_rounds: int = 2  # interleaved timing rounds
     ch1_bf16_check: bool = True
+    # The draft (Chapter 2 on): a Llama-architecture model with the target's vocabulary
+    draft_hidden: int = 128
+    draft_layers: int = 2
+    draft_heads: int = 4
+    draft_intermediate: int = 384
+    # Chapter 2: pretraining
+    pretrain_corpus: str = "stdlib"  # "stdlib" (offline, Python's own docs) or "web" (streamed)
+    pretrain_texts: int | None = None  # None: all
+    pretrain_block: int = 256
+    pretrain_eval_blocks: int = 32
+    pretrain_steps: int = 160
+    pretrain_batch: int = 8
+    pretrain_lr: float = 3e-3
+    pretrain_warmup: int = 16
+    # evaluation of tau on the evaluation prompts (every chapter from 2 on)
+    eval_per_category: int = 1
+    eval_max_new_tokens: int = 48
+    eval_gamma: int = 4
+    # Chapter 3: distillation data
+    distill_source: str = "builtin"  # "builtin" (data/prompts) or a hub dataset (gpu)
+    distill_per_category: int = 12
+    distill_max_new_tokens: int = 160
+    distill_temperature: float = 0.7
+    distill_top_p: float = 0.95
+    distill_batch: int = 12
+    self_instruct_n: int = 12
 
 
 PROFILES: dict[str, Profile] = {
     "ci": Profile(name="ci", threads=1, ch1_pass_ks=(1, 4, 8), ch1_pass_repeats=2,
                   ch1_rule_samples=2_000, ch1_tau_sim_blocks=2_000, ch1_prompts=2,
-                  ch1_max_new_tokens=16, ch1_rounds=1),
+                  ch1_max_new_tokens=16, ch1_rounds=1,
+                  draft_hidden=64, draft_layers=1, draft_heads=2, draft_intermediate=128,
+                  pretrain_texts=200, pretrain_block=64, pretrain_eval_blocks=8, pretrain_steps=12,
+                  pretrain_batch=4, pretrain_warmup=2, eval_per_category=1, eval_max_new_tokens=12,
+                  distill_per_category=1, distill_max_new_tokens=24, distill_batch=9,
+                  self_instruct_n=2),
     "cpu": Profile(name="cpu", threads=1),
     "gpu": Profile(name="gpu", ch1_prefix_len=256, ch1_pass_ks=(1, 2, 4, 8, 16, 32, 64),
                    ch1_pass_repeats=20, ch1_rule_samples=20_000, ch1_tau_sim_blocks=100_000,
-                   ch1_prompts=16, ch1_max_new_tokens=128, ch1_rounds=5),
+                   ch1_prompts=16, ch1_max_new_tokens=128, ch1_rounds=5,
+                   draft_hidden=512, draft_layers=4, draft_heads=8, draft_intermediate=1408,
+                   pretrain_corpus="web", pretrain_texts=200_000, pretrain_block=512,
+                   pretrain_eval_blocks=256, pretrain_steps=4_000, pretrain_batch=32, pretrain_lr=1e-3,
+                   pretrain_warmup=200, eval_per_category=8, eval_max_new_tokens=128,
+                   distill_source="databricks/databricks-dolly-15k",
+                   distill_per_category=1_000, distill_max_new_tokens=512, distill_batch=64,
+                   self_instruct_n=200),
 }
 
 

@@ -123,7 +123,8 @@ def lm_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
     ids = batch["input_ids"]  # [B, T]
     logits = model(input_ids=ids, attention_mask=batch.get("attention_mask")).logits[:, :-1]  # [B, T-1, V]
     labels, mask = ids[:, 1:], batch["loss_mask"][:, 1:].float()  # [B, T-1]
-    ce = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none")
+    ce = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
+                                           reduction="none").view_as(labels)  # [B, T-1]
     loss = (ce * mask).sum() / mask.sum().clamp(min=1)
     with torch.no_grad():
         top1 = ((logits.argmax(-1) == labels).float() * mask).sum() / mask.sum().clamp(min=1)

@@ -1,0 +1,42 @@
+"""Artifacts: folders a stage leaves for later chapters, each with a manifest.
+
+Reads and writes ``<folder>/manifest.json``: the stage's spec (every setting that
+determines the result), its inputs, versions and the time it finished. The manifest is
+written last, so its presence marks a complete artifact; a chapter reuses an artifact
+whose manifest spec equals the one it would build, and rebuilds it otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .provenance import versions
+
+__all__ = ["read_manifest", "write_manifest", "is_complete"]
+
+MANIFEST = "manifest.json"
+
+
+def read_manifest(folder) -> dict | None:
+    path = Path(folder) / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_manifest(folder, spec: dict, *, inputs: dict | None = None, results: dict | None = None) -> dict:
+    """Write the manifest (spec, inputs, results, versions, finish time); returns it."""
+    record = {"spec": spec, "inputs": inputs or {}, "results": results or {}, "versions": versions(),
+              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    tmp.replace(folder / MANIFEST)
+    return record
+
+
+def is_complete(folder, spec: dict) -> bool:
+    """Whether ``folder`` holds a finished artifact built with exactly ``spec``."""
+    manifest = read_manifest(folder)
+    return manifest is not None and manifest["spec"] == json.loads(json.dumps(spec, default=str))

@@ -1,0 +1,143 @@
+"""The pipeline's stages as reusable artifacts: pretrained draft, distillation data.
+
+Reads a profile (:mod:`draftalign.profiles`), the target and its tokenizer; writes
+``runs/<profile>/draft-pretrained/`` (a Hugging Face model folder with the tokenizer,
+``history.csv`` and ``manifest.json``) and ``runs/<profile>/distill-data/``
+(``records.jsonl``, ``settings.json``, ``manifest.json``). Each function reuses a complete
+artifact built with the same spec, resumes an interrupted one, and rebuilds one built
+with other settings. Chapters 2 and 3 call them; so does every later chapter, which
+thereby rebuilds whatever is missing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict
+
+import datasets
+import pandas as pd
+from transformers import AutoModelForCausalLM
+
+from .artifacts import is_complete, read_manifest, write_manifest
+from .corpus import pack_blocks, pretraining_texts, texts_digest
+from .data import load_hub_prompts, load_prompts
+from .generate import generate_distillation_data, load_distillation_data
+from .models import count_parameters, make_draft
+from .profiles import Profile, runs_dir
+from .train import Batches, TrainConfig, history_of, train
+
+__all__ = ["draft_spec", "make_profile_draft", "pretrain_config", "pretrained_draft",
+           "distill_prompts", "distillation_data"]
+
+
+def draft_spec(P: Profile) -> dict:
+    return {"hidden_size": P.draft_hidden, "num_layers": P.draft_layers, "num_heads": P.draft_heads,
+            "intermediate_size": P.draft_intermediate, "tie_embeddings": True, "seed": P.seed}
+
+
+def make_profile_draft(target, P: Profile):
+    """A fresh draft of the profile's shape for ``target``."""
+    return make_draft(target, **draft_spec(P))
+
+
+def pretrain_config(P: Profile) -> TrainConfig:
+    return TrainConfig(max_steps=P.pretrain_steps, batch_size=P.pretrain_batch, lr=P.pretrain_lr,
+                       warmup_steps=P.pretrain_warmup, eval_every=max(1, P.pretrain_steps // 8),
+                       checkpoint_every=max(1, P.pretrain_steps // 8), seed=P.seed)
+
+
+def _load_draft(folder, target):
+    param = next(target.parameters())
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=param.dtype).to(param.device).eval()
+
+
+def pretrained_draft(target, tokenizer, P: Profile, *, progress: bool = True):
+    """The draft pretrained on the profile's corpus: ``(draft, history, manifest)``.
+
+    Reused from ``runs/<profile>/draft-pretrained/`` when complete with the same spec;
+    otherwise trained (resuming from its checkpoint if one matches).
+    """
+    folder = runs_dir(P) / "draft-pretrained"
+    cfg = pretrain_config(P)
+    spec = {"stage": "pretrain", "target": getattr(target, "draftalign_source", target.name_or_path),
+            "draft": draft_spec(P), "corpus": P.pretrain_corpus, "texts": P.pretrain_texts,
+            "block": P.pretrain_block, "eval_blocks": P.pretrain_eval_blocks, "train": asdict(cfg)}
+    if is_complete(folder, spec):
+        return _load_draft(folder, target), history_of(folder), read_manifest(folder)
+    texts = pretraining_texts(P.pretrain_corpus, n_texts=P.pretrain_texts)
+    blocks = pack_blocks(tokenizer, texts, P.pretrain_block)  # [N, L]
+    if len(blocks) <= P.pretrain_eval_blocks:
+        raise ValueError(f"the corpus gives {len(blocks)} blocks, not more than the "
+                         f"{P.pretrain_eval_blocks} held out for evaluation")
+    # hold out the last blocks (the end of the stream) for evaluation
+    eval_blocks, train_blocks = blocks[-P.pretrain_eval_blocks:], blocks[: -P.pretrain_eval_blocks]
+    if read_manifest(folder) is not None:  # a finished artifact with another spec: start afresh
+        shutil.rmtree(folder)
+
+    def run():
+        draft = make_profile_draft(target, P)
+        history = train(draft, Batches({"input_ids": train_blocks}, seed=P.seed), cfg, folder,
+                        eval_data=Batches({"input_ids": eval_blocks}), progress=progress, desc="pretraining")
+        return draft, history
+
+    try:
+        draft, history = run()  # resumes from a matching checkpoint
+    except ValueError as exc:
+        if "another config" not in str(exc):
+            raise
+        shutil.rmtree(folder / "checkpoint")  # a checkpoint of other settings
+        draft, history = run()
+    tokenizer.save_pretrained(folder)
+    last = history.iloc[-1]
+    manifest = write_manifest(folder, spec, inputs={
+        "corpus_sha256": texts_digest(texts), "texts": len(texts), "train_blocks": len(train_blocks),
+        "eval_blocks": len(eval_blocks), "train_tokens_seen": int(history.tokens.sum())},
+        results={"final_eval_loss": float(last.get("eval_loss", float("nan"))),
+                 "final_eval_top1": float(last.get("eval_top1", float("nan"))),
+                 "parameters": count_parameters(draft), "train_seconds": float(history.seconds.sum())})
+    return draft, history, manifest
+
+
+def distill_prompts(P: Profile) -> list[dict]:
+    """The prompts the target answers for the profile: the built-in distillation set
+    (``per_category`` of each category), or a hub dataset for the ``gpu`` profile."""
+    if P.distill_source == "builtin":
+        return load_prompts("distill", limit_per_category=P.distill_per_category)
+    return load_hub_prompts(P.distill_source, limit=P.distill_per_category * 9, seed=P.seed)
+
+
+def distillation_data(target, tokenizer, P: Profile, *, progress: bool = True) -> datasets.Dataset:
+    """The target's answers to :func:`distill_prompts`, from ``runs/<profile>/distill-data/``
+    (reused when complete, resumed when interrupted, rebuilt when its settings differ)."""
+    folder = runs_dir(P) / "distill-data"
+    prompts = distill_prompts(P)
+    kwargs = dict(max_new_tokens=P.distill_max_new_tokens, temperature=P.distill_temperature,
+                  top_p=P.distill_top_p, batch_size=P.distill_batch, seed=P.seed)
+    spec = {"stage": "distill-data", "target": getattr(target, "draftalign_source", target.name_or_path),
+            "source": P.distill_source, "per_category": P.distill_per_category, **kwargs}
+    if is_complete(folder, spec):
+        return load_distillation_data(folder)
+    if read_manifest(folder) is not None:
+        shutil.rmtree(folder)
+    texts, cats = [p["prompt"] for p in prompts], [p["category"] for p in prompts]
+    had = set(load_distillation_data(folder)["index"]) if (folder / "records.jsonl").exists() else set()
+    start = time.perf_counter()
+    try:
+        ds = generate_distillation_data(target, tokenizer, texts, folder, categories=cats,
+                                        progress=progress, **kwargs)
+    except ValueError as exc:
+        if "other settings" not in str(exc):
+            raise
+        shutil.rmtree(folder)
+        ds = generate_distillation_data(target, tokenizer, texts, folder, categories=cats,
+                                        progress=progress, **kwargs)
+    seconds = time.perf_counter() - start
+    lengths = pd.Series([len(r) for r in ds["response_ids"]])
+    new = sum(len(r["response_ids"]) for r in ds if r["index"] not in had)
+    write_manifest(folder, spec, inputs={"prompts": len(prompts)},
+                   results={"rows": len(ds), "response_tokens": int(lengths.sum()),
+                            "finished": int(sum(f == "stop" for f in ds["finish_reason"])),
+                            "generation_seconds": seconds, "generated_tokens_per_s": new / seconds,
+                            "resumed_rows": len(had)})
+    return ds
