@@ -45,10 +45,10 @@ def stdlib_docstrings(*, min_chars: int = 200, max_texts: int | None = None) -> 
         for node in ast.walk(tree):
             if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
                 doc = ast.get_docstring(node)
-                if not doc or len(doc) < min_chars:
+                if not doc:
                     continue
                 text = "\n".join(" ".join(p.split()) for p in doc.split("\n\n") if p.strip())
-                if text in seen:
+                if len(text) < min_chars or text in seen:
                     continue
                 seen.add(text)
                 texts.append(text)

@@ -135,7 +135,7 @@ def self_instruct_prompts(target, tokenizer, n: int, *, temperature: float = 1.0
     kept, seen = [], set()
     for _ in range(max_rounds):
         out = target.generate(ids.expand(batch_size, -1), attention_mask=torch.ones_like(ids).expand(batch_size, -1),
-                              do_sample=True, temperature=temperature, top_p=top_p,
+                              do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
                               max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
         for row in out[:, ids.shape[1]:].tolist():
             if eos not in row:

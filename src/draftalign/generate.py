@@ -23,12 +23,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
 from tqdm.std import tqdm
 
 from .chat import generation_prefix_ids
 
-__all__ = ["generate_distillation_data", "load_distillation_data"]
+__all__ = ["generate_distillation_data", "load_distillation_data", "load_topk"]
 
 _RECORDS = "records.jsonl"
 _SETTINGS = "settings.json"
@@ -55,6 +56,33 @@ def _read_records(path: Path) -> dict[int, dict]:
     return records
 
 
+def _save_topk(path: Path, kept: list) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    index = np.array([i for i, _, _ in kept], dtype=np.int64)
+    lengths = np.array([len(t) for _, t, _ in kept], dtype=np.int64)
+    ids = np.concatenate([t for _, t, _ in kept])
+    ids = ids.astype(np.uint16 if ids.max(initial=0) < 2**16 else np.int32)
+    logprobs = np.concatenate([v for _, _, v in kept]).astype(np.float16)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, index=index, lengths=lengths, ids=ids, logprobs=logprobs)
+    os.replace(tmp, path)
+
+
+def load_topk(out_dir) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """The cached top-k of each answer: ``{index: (ids [L, k] long, logprobs [L, k] float)}``."""
+    out = {}
+    for path in sorted((Path(out_dir) / "topk").glob("batch-*.npz")):
+        if path.name.endswith(".tmp.npz"):
+            continue
+        z = np.load(path)
+        starts = np.concatenate([[0], np.cumsum(z["lengths"])])
+        for n, i in enumerate(z["index"]):
+            a, b = starts[n], starts[n + 1]
+            out[int(i)] = (torch.from_numpy(z["ids"][a:b].astype(np.int64)),
+                           torch.from_numpy(z["logprobs"][a:b].astype(np.float32)))
+    return out
+
+
 def load_distillation_data(out_dir) -> datasets.Dataset:
     """The dataset in ``out_dir`` (rows in prompt order)."""
     path = Path(out_dir) / _RECORDS
@@ -68,7 +96,7 @@ def load_distillation_data(out_dir) -> datasets.Dataset:
 def generate_distillation_data(target, tokenizer, prompts: list[str], out_dir, *, max_new_tokens: int,
                                temperature: float, top_p: float, batch_size: int, seed: int,
                                categories: list[str] | None = None, system: str | None = None,
-                               progress: bool = True,
+                               topk: int = 0, progress: bool = True,
                                on_batch: Callable[[int], None] | None = None) -> datasets.Dataset:
     """Let ``target`` answer every prompt in its chat template; one row per prompt.
 
@@ -77,6 +105,11 @@ def generate_distillation_data(target, tokenizer, prompts: list[str], out_dir, *
     end-of-turn token when it finished), ``finish_reason`` ("stop" or "length").
     ``temperature = 0`` is greedy. ``on_batch(n_done)`` is called after each batch is
     safely on disk.
+
+    ``topk > 0`` also keeps, for every answer token, the target's ``topk`` most likely
+    tokens and their log-probabilities at temperature 1 (from the logits generation
+    computes anyway, so almost free): ``topk/batch-NNNNN.npz``, read back with
+    :func:`load_topk`. Distillation can train on them instead of running the target.
     """
     if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
         raise ValueError("prompts must be a non-empty list of non-empty strings")
@@ -89,7 +122,7 @@ def generate_distillation_data(target, tokenizer, prompts: list[str], out_dir, *
     settings = {"model": getattr(target, "draftalign_source", target.config._name_or_path),
                 "n_prompts": len(prompts), "prompts_sha256": _fingerprint(prompts),
                 "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
-                "batch_size": batch_size, "seed": seed, "system": system}
+                "batch_size": batch_size, "seed": seed, "system": system, "topk": topk}
     settings_path = out_dir / _SETTINGS
     if settings_path.exists():
         old = json.loads(settings_path.read_text())
@@ -117,16 +150,22 @@ def generate_distillation_data(target, tokenizer, prompts: list[str], out_dir, *
             ids[j, width - len(e):] = torch.tensor(e)
             mask[j, width - len(e):] = 1
         torch.manual_seed(seed + b)
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 \
-            else {"do_sample": False}
+        # top_k=0: no hidden top-k on top of temperature and top-p (transformers' default is 50)
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} \
+            if temperature > 0 else {"do_sample": False}
         out = target.generate(ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                              pad_token_id=pad, **sampling)
-        lines = []
+                              pad_token_id=pad, return_dict_in_generate=True, output_logits=topk > 0,
+                              **sampling)
+        lines, kept = [], []
         for j, i in enumerate(idx):
-            row = out[j, width:].tolist()
+            row = out.sequences[j, width:].tolist()
             finished = eos in row
             response_ids = row[: row.index(eos) + 1] if finished else row
             new_tokens += len(response_ids)
+            if topk:
+                steps = torch.stack([step[j] for step in out.logits[: len(response_ids)]]).float()  # [L, V]
+                values, tokens = steps.log_softmax(-1).topk(topk, dim=-1)  # [L, k]
+                kept.append((i, tokens.cpu().numpy(), values.cpu().numpy()))
             if i in done:
                 continue
             lines.append(json.dumps({
@@ -134,6 +173,8 @@ def generate_distillation_data(target, tokenizer, prompts: list[str], out_dir, *
                 "prompt_ids": encoded[j], "response": tokenizer.decode(response_ids, skip_special_tokens=True),
                 "response_ids": response_ids, "finish_reason": "stop" if finished else "length",
             }, ensure_ascii=False))
+        if topk:  # written before the records: a record on disk always has its top-k
+            _save_topk(out_dir / "topk" / f"batch-{b:05d}.npz", kept)
         with open(records_path, "a", encoding="utf-8") as f:
             f.write("".join(line + "\n" for line in lines))
             f.flush()
@@ -146,3 +187,50 @@ def generate_distillation_data(target, tokenizer, prompts: list[str], out_dir, *
             on_batch(len(done))
     bar.close()
     return load_distillation_data(out_dir)
+
+
+def main(argv=None) -> None:
+    """Command line: build a distillation set from the built-in prompts, e.g. the one
+    shipped in ``data/distill/``::
+
+        python -m draftalign.generate --out data/distill/smollm2-t0.7 --samples 3 \\
+            --max-new-tokens 192 --temperature 0.7 --top-p 0.95 --batch-size 32 --dtype bfloat16
+    """
+    import argparse
+    import sys
+
+    from .data import load_prompts
+    from .models import load_target
+    from .provenance import versions
+
+    ap = argparse.ArgumentParser(prog="python -m draftalign.generate", description=main.__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--split", default="distill", choices=["distill", "eval"])
+    ap.add_argument("--samples", type=int, default=1, help="answers per prompt (different seeds)")
+    ap.add_argument("--max-new-tokens", type=int, default=192)
+    ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--top-p", type=float, default=0.95)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtype", default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--topk", type=int, default=0, help="keep the target's top-k log-probs per answer token")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = load_prompts(args.split) * args.samples
+    target, tokenizer = load_target(dtype=args.dtype)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "provenance.json").write_text(json.dumps({
+        "command": "python -m draftalign.generate " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "model": target.draftalign_source, "dtype": str(target.dtype), "prompts": f"data/prompts/{args.split}.jsonl",
+        "samples_per_prompt": args.samples, "versions": versions()}, indent=2))
+    generate_distillation_data(target, tokenizer, [r["prompt"] for r in rows], out,
+                               categories=[r["category"] for r in rows], max_new_tokens=args.max_new_tokens,
+                               temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size,
+                               seed=args.seed, topk=args.topk)
+
+
+if __name__ == "__main__":
+    main()

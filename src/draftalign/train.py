@@ -68,7 +68,8 @@ class Batches:
 
     ``examples``: a dict of equal-length tensors (``input_ids`` ``[N, L]`` and optional
     ``loss_mask`` ``[N, L]`` for packed blocks) or a list of dicts of 1-D tensors
-    (variable-length examples, right-padded per batch with ``pad_id``, the mask 0 there).
+    (variable-length examples, right-padded per batch with ``pad_id``, the mask 0 there;
+    any other key holds per-token rows, concatenated across the batch in row order).
     Each pass over the data ("epoch") uses a fresh permutation.
     """
 
@@ -111,8 +112,12 @@ class Batches:
             n = len(r["input_ids"])
             ids[j, :n] = torch.as_tensor(r["input_ids"])
             mask[j, :n] = torch.as_tensor(r.get("loss_mask", [1] * n))
-        return {"input_ids": ids, "loss_mask": mask, "attention_mask": (torch.arange(width)[None]
-                < torch.tensor([len(r["input_ids"]) for r in rows])[:, None]).long()}
+        batch = {"input_ids": ids, "loss_mask": mask, "attention_mask": (torch.arange(width)[None]
+                 < torch.tensor([len(r["input_ids"]) for r in rows])[:, None]).long()}
+        # per-token extras (e.g. a cached top-k of the target): concatenated in row order
+        for key in rows[0].keys() - {"input_ids", "loss_mask"}:
+            batch[key] = torch.cat([torch.as_tensor(r[key]) for r in rows])
+        return batch
 
     def batch(self, position: int, size: int) -> dict:
         return self.get(self.indices(position, size))

@@ -1,0 +1,129 @@
+"""Distillation: fine-tune a draft on the target's answers with any registered KD loss.
+
+Reads a draft, the target, a distillation dataset (:mod:`draftalign.generate`, columns
+``prompt_ids`` and ``response_ids``) and a loss name from :data:`draftalign.losses.LOSSES`;
+writes, through :func:`draftalign.train.train`, checkpoints and the distilled draft as a
+Hugging Face folder. Chapter 4 runs it once per loss from the same pretrained draft.
+
+The target's distributions are computed online, exactly, in the same batch as the draft's
+(no cache, no approximation); only positions whose next token belongs to the target's
+answer enter the loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import torch
+
+from .chat import distill_example
+from .losses import get_loss
+from .train import Batches, TrainConfig, train
+
+__all__ = ["distill_examples", "expand_topk", "answer_logits", "kd_loss_fn", "distill", "token_budget"]
+
+
+def distill_examples(dataset, *, max_length: int | None = None, topk: dict | None = None) -> list[dict]:
+    """Training examples (prompt ids + answer ids, mask on the answer) from a dataset,
+    cut to ``max_length`` tokens; rows whose answer would be cut away entirely are dropped.
+    With ``topk`` (:func:`draftalign.generate.load_topk`), each example also carries the
+    target's cached top-k for its answer tokens (``topk_ids``, ``topk_logprobs``)."""
+    out = []
+    for row in dataset:
+        ex = distill_example(row["prompt_ids"], row["response_ids"])
+        if max_length is not None:
+            ex = {k: v[:max_length] for k, v in ex.items()}
+        n = sum(ex["loss_mask"])
+        if n == 0:
+            continue
+        if topk is not None:
+            if row["index"] not in topk:
+                raise ValueError(f"no cached top-k for row {row['index']}")
+            ids, logprobs = topk[row["index"]]
+            ex["topk_ids"], ex["topk_logprobs"] = ids[:n], logprobs[:n]
+        out.append(ex)
+    if not out:
+        raise ValueError("no usable distillation examples")
+    return out
+
+
+def expand_topk(ids: torch.Tensor, logprobs: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Full log-probabilities ``[n, V]`` from a top-k ``[n, k]``: the k kept tokens get their
+    log-probabilities, the remaining mass is spread evenly over the other ``V - k`` tokens.
+    This is the cached-target approximation; Chapter 4 compares it with the exact target."""
+    n, k = ids.shape
+    rest = (1 - logprobs.float().exp().sum(-1)).clamp(min=1e-8)  # [n]
+    out = torch.log(rest / (vocab_size - k))[:, None].expand(n, vocab_size).clone()
+    return out.scatter_(1, ids.long(), logprobs.float())
+
+
+def answer_logits(model, ids, attention_mask, positions) -> torch.Tensor:
+    """Logits ``[1, n, V]`` at the ``n`` positions where ``positions [B, T-1]`` is True.
+
+    The output layer (a ``d x V`` product per position, the largest single cost of a small
+    draft) runs only there, not over the prompt. Models whose logits are more than the
+    output layer applied to the last hidden state (e.g. with logit soft-capping) take the
+    full forward pass instead.
+    """
+    if getattr(model.config, "final_logit_softcapping", None):
+        return model(input_ids=ids, attention_mask=attention_mask).logits[:, :-1][positions][None]
+    hidden = model.base_model(input_ids=ids, attention_mask=attention_mask).last_hidden_state  # [B, T, d]
+    return model.get_output_embeddings()(hidden[:, :-1][positions])[None]
+
+
+def kd_loss_fn(target, loss: str, **options):
+    """A ``loss_fn(draft, batch) -> (loss, stats)`` for :func:`draftalign.train.train`.
+
+    Position ``t`` predicts token ``t + 1``; it enters the loss when token ``t + 1`` is
+    part of the target's answer. Stats: ``tvd`` (mean per-position TVD, so ``1 - tvd`` is
+    the expected acceptance of a sampled draft token) and ``top1`` (how often the draft's
+    and the target's most likely next tokens agree: the greedy acceptance).
+    """
+    fn = get_loss(loss)
+
+    def loss_fn(draft, batch):
+        ids, attn = batch["input_ids"], batch.get("attention_mask")
+        pos = batch["loss_mask"][:, 1:].bool()  # [B, T-1]: the next token is the target's
+        labels = ids[:, 1:][pos][None]  # [1, n]
+        draft_logits = answer_logits(draft, ids, attn, pos)  # [1, n, V]
+        with torch.no_grad():
+            if "topk_ids" in batch:  # the target's cached top-k, expanded to full logits
+                target_logits = expand_topk(batch["topk_ids"], batch["topk_logprobs"],
+                                            draft_logits.shape[-1])[None]  # [1, n, V]
+            else:
+                target_logits = answer_logits(target, ids, attn, pos)  # [1, n, V]
+        per_pos = fn(draft_logits, target_logits, None, labels=labels, **options)  # [1, n]
+        value = per_pos.mean() if per_pos.numel() else draft_logits.sum() * 0
+        with torch.no_grad():
+            q, p = draft_logits[0].float().softmax(-1), target_logits[0].float().softmax(-1)
+            tvd = 0.5 * (q - p).abs().sum(-1).mean() if len(q) else torch.tensor(0.0)
+            top1 = (q.argmax(-1) == p.argmax(-1)).float().mean() if len(q) else torch.tensor(0.0)
+        return value, {"tvd": float(tvd), "top1": float(top1), "tokens": float(pos.sum())}
+
+    return loss_fn
+
+
+def distill(draft, target, dataset, out_dir, *, loss: str, cfg: TrainConfig, max_length: int = 256,
+            eval_dataset=None, loss_options: dict | None = None, pad_id: int = 0, topk: dict | None = None,
+            resume: bool = True, stop_after: int | None = None, progress: bool = True) -> pd.DataFrame:
+    """Fine-tune ``draft`` in place on ``dataset`` with the KD loss ``loss``; returns the
+    training history (loss, tvd, top1, tokens/s; eval columns when ``eval_dataset`` is
+    given). The target's distributions are computed online (exact), or taken from a
+    cached top-k (``topk``, from :func:`draftalign.generate.load_topk`; approximate,
+    several times faster on a CPU). Evaluation always uses the exact target.
+    Checkpoints, resume and the final Hugging Face folder as in :func:`draftalign.train.train`."""
+    loss_fn = kd_loss_fn(target, loss, **(loss_options or {}))
+    data = Batches(distill_examples(dataset, max_length=max_length, topk=topk), pad_id=pad_id, seed=cfg.seed)
+    eval_data = None if eval_dataset is None else Batches(
+        distill_examples(eval_dataset, max_length=max_length), pad_id=pad_id)
+    target.eval()
+    for p in target.parameters():
+        p.requires_grad_(False)
+    return train(draft, data, cfg, out_dir, loss_fn=loss_fn, eval_data=eval_data, resume=resume,
+                 stop_after=stop_after, progress=progress, desc=f"distilling ({loss})")
+
+
+def token_budget(examples: Sequence[dict]) -> int:
+    """Answer tokens in a list of examples (what one epoch of distillation trains on)."""
+    return sum(sum(e["loss_mask"]) for e in examples)
