@@ -41,7 +41,8 @@ def distill_examples(dataset, *, max_length: int | None = None, topk: dict | Non
             if row["index"] not in topk:
                 raise ValueError(f"no cached top-k for row {row['index']}")
             ids, logprobs = topk[row["index"]]
-            ex["topk_ids"], ex["topk_logprobs"] = ids[:n], logprobs[:n]
+            first = ex["loss_mask"][0]  # with an empty prompt no position predicts answer token 0
+            ex["topk_ids"], ex["topk_logprobs"] = ids[first:n], logprobs[first:n]
         out.append(ex)
     if not out:
         raise ValueError("no usable distillation examples")

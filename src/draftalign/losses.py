@@ -7,9 +7,10 @@ target's logits, ``q`` from the draft's, masked positions (``mask == 0``) are ex
 and gradients flow into the draft's logits only. Chapter 4 derives them (equations
 ``fkl``, ``rkl``, ``tvd``, ``tvd-grad``, ``tvdpp``) and trains a draft with each.
 
-Memory: only masked-in positions are computed, in chunks of positions, and each chunk's
-fp32 softmaxes are recomputed in the backward pass (activation checkpointing) instead of
-being kept, so peak memory is a few ``[chunk, V]`` tensors whatever ``B * T`` is. The
+Memory: only masked-in positions are computed, in chunks of positions; when the selected
+positions hold more than ``CHECKPOINT_ABOVE`` logits, each chunk's fp32 softmaxes are
+recomputed in the backward pass (activation checkpointing) instead of being kept, so peak
+memory stays at a few ``[chunk, V]`` tensors whatever ``B * T`` is. The
 ``reference_*`` functions are the plain textbook versions the tests compare against.
 """
 
@@ -23,6 +24,7 @@ __all__ = ["fkl", "rkl", "tvd", "jsd", "tvdpp", "LOSSES", "get_loss",
            "reference_fkl", "reference_rkl", "reference_tvd"]
 
 CHUNK = 512  # positions per chunk
+CHECKPOINT_ABOVE = 2**28  # recompute chunks in backward only when N * V exceeds this (1 GiB of fp32)
 
 
 def _select(draft_logits, target_logits, mask):
@@ -51,10 +53,11 @@ def _scatter(values: torch.Tensor, idx: torch.Tensor, like: torch.Tensor) -> tor
 def _chunked(fn, draft, target, idx, *extra) -> torch.Tensor:
     """Apply ``fn(draft_rows, target_rows, *extra_rows) -> [n]`` to the rows ``idx`` in chunks."""
     parts = []
+    recompute = len(idx) * draft.shape[-1] > CHECKPOINT_ABOVE
     for start in range(0, len(idx), CHUNK):
         rows = idx[start:start + CHUNK]
         args = (draft[rows], target[rows], *(e[start:start + CHUNK] for e in extra))
-        if torch.is_grad_enabled() and draft.requires_grad:
+        if recompute and torch.is_grad_enabled() and draft.requires_grad:
             parts.append(checkpoint(fn, *args, use_reentrant=False))
         else:
             parts.append(fn(*args))
@@ -191,7 +194,9 @@ def tvdpp(draft_logits, target_logits, mask=None, *, estimator: str = "exact", n
     # 2. the surrogate whose gradient is the estimate; its value is replaced by TVD
     def surrogate_rows(d, t, b_rows, scale_rows, *tok):
         logq = F.log_softmax(d.float(), -1)
-        q, p = logq.exp(), F.softmax(t.float(), -1)
+        # q exactly as in the statistics above: exp(log_softmax) can round differently, and a
+        # reward flipped by rounding where p == q would meet a scale of 1 / eps
+        q, p = F.softmax(d.float(), -1), F.softmax(t.float(), -1)
         value = 0.5 * (q - p).abs().sum(-1)
         if not tok:
             adv = ((p > q).float() - b_rows[:, None]) * scale_rows[:, None]  # [n, V]

@@ -22,13 +22,14 @@ from transformers import AutoModelForCausalLM
 from .artifacts import is_complete, read_manifest, write_manifest
 from .corpus import pack_blocks, pretraining_texts, texts_digest
 from .data import load_hub_prompts, load_prompts
-from .generate import generate_distillation_data, load_distillation_data
+from .distill import distill
+from .generate import generate_distillation_data, load_distillation_data, load_topk
 from .models import count_parameters, make_draft
-from .profiles import Profile, runs_dir
+from .profiles import Profile, repo_root, runs_dir
 from .train import Batches, TrainConfig, history_of, train
 
 __all__ = ["draft_spec", "make_profile_draft", "pretrain_config", "pretrained_draft",
-           "distill_prompts", "distillation_data"]
+           "distill_prompts", "distillation_data", "kd_dataset", "kd_config", "distilled_draft"]
 
 
 def draft_spec(P: Profile) -> dict:
@@ -113,7 +114,7 @@ def distillation_data(target, tokenizer, P: Profile, *, progress: bool = True) -
     folder = runs_dir(P) / "distill-data"
     prompts = distill_prompts(P)
     kwargs = dict(max_new_tokens=P.distill_max_new_tokens, temperature=P.distill_temperature,
-                  top_p=P.distill_top_p, batch_size=P.distill_batch, seed=P.seed)
+                  top_p=P.distill_top_p, batch_size=P.distill_batch, seed=P.seed, topk=P.distill_topk)
     spec = {"stage": "distill-data", "target": getattr(target, "draftalign_source", target.name_or_path),
             "source": P.distill_source, "per_category": P.distill_per_category, **kwargs}
     if is_complete(folder, spec):
@@ -141,3 +142,71 @@ def distillation_data(target, tokenizer, P: Profile, *, progress: bool = True) -
                             "generation_seconds": seconds, "generated_tokens_per_s": new / seconds,
                             "resumed_rows": len(had)})
     return ds
+
+
+def kd_dataset(target, tokenizer, P: Profile, *, progress: bool = True):
+    """The data Chapter 4 distils on, and its folder: the shipped set named by
+    ``P.kd_data`` (made by ``python -m draftalign.generate``, see its provenance.json), or
+    the profile's own distillation data from Chapter 3 (``"generated"``)."""
+    if P.kd_data == "generated":
+        distillation_data(target, tokenizer, P, progress=progress)
+        folder = runs_dir(P) / "distill-data"
+    else:
+        folder = repo_root() / P.kd_data
+        if not (folder / "records.jsonl").exists():
+            raise FileNotFoundError(f"{folder} holds no distillation set; build it with the command in "
+                                    f"its provenance.json, or set kd_data='generated'")
+    return load_distillation_data(folder), folder
+
+
+def kd_config(P: Profile) -> TrainConfig:
+    return TrainConfig(max_steps=P.kd_steps, batch_size=P.kd_batch, lr=P.kd_lr, warmup_steps=P.kd_warmup,
+                       eval_every=P.kd_steps if P.kd_steps < 12 else P.kd_steps // 3, eval_batches=2,
+                       checkpoint_every=max(1, P.kd_steps // 4), seed=P.seed)
+
+
+def distilled_draft(target, tokenizer, P: Profile, loss: str, *, loss_options: dict | None = None,
+                    name: str | None = None, progress: bool = True):
+    """The pretrained draft fine-tuned with ``loss`` on :func:`kd_dataset`:
+    ``(draft, history, manifest)``, from ``runs/<profile>/draft-<name or loss>/`` (reused
+    when complete with the same spec; resumed from its checkpoint when interrupted)."""
+    base, _, base_manifest = pretrained_draft(target, tokenizer, P, progress=progress)
+    data, data_folder = kd_dataset(target, tokenizer, P, progress=progress)
+    folder = runs_dir(P) / f"draft-{name or loss}"
+    cfg = kd_config(P)
+    spec = {"stage": "distill", "loss": loss, "loss_options": loss_options or {},
+            "base": base_manifest["spec"], "data": str(P.kd_data), "data_rows": len(data),
+            "target_logits": P.kd_target, "max_length": P.kd_max_length, "train": asdict(cfg)}
+    if is_complete(folder, spec):
+        return _load_draft(folder, target), history_of(folder), read_manifest(folder)
+    if read_manifest(folder) is not None:
+        shutil.rmtree(folder)
+    topk = load_topk(data_folder) if P.kd_target == "cached" else None
+    if P.kd_target == "cached" and not topk:
+        raise ValueError(f"{data_folder} has no cached top-k; set kd_target='online'")
+    # hold out the last 5% of rows (at least one batch) for evaluation with the exact target
+    n_eval = max(P.kd_batch, len(data) // 20)
+    train_rows, eval_rows = data.select(range(len(data) - n_eval)), data.select(range(len(data) - n_eval, len(data)))
+
+    def run():
+        draft = _load_draft(runs_dir(P) / "draft-pretrained", target)
+        history = distill(draft, target, train_rows, folder, loss=loss, cfg=cfg, max_length=P.kd_max_length,
+                          eval_dataset=eval_rows, loss_options=loss_options, pad_id=tokenizer.pad_token_id,
+                          topk=topk, progress=progress)
+        return draft, history
+
+    try:
+        draft, history = run()
+    except ValueError as exc:
+        if "another config" not in str(exc):
+            raise
+        shutil.rmtree(folder / "checkpoint")
+        draft, history = run()
+    tokenizer.save_pretrained(folder)
+    last = history.iloc[-1]
+    manifest = write_manifest(folder, spec, inputs={"train_rows": len(train_rows), "eval_rows": len(eval_rows),
+                                                    "answer_tokens_seen": int(history.tokens.sum())},
+                              results={"final_eval_tvd": float(last.get("eval_tvd", float("nan"))),
+                                       "final_eval_top1": float(last.get("eval_top1", float("nan"))),
+                                       "train_seconds": float(history.seconds.sum())})
+    return draft, history, manifest

@@ -63,6 +63,18 @@ class Profile:
     distill_top_p: float = 0.95
     distill_batch: int = 12
     self_instruct_n: int = 12
+    distill_topk: int = 16  # keep the target's top-k per answer token (0: none)
+    # Chapter 4: distillation with each loss
+    kd_data: str = "data/distill/smollm2-135m-t0.7"  # a shipped set (see its provenance), or "generated"
+    kd_target: str = "cached"  # "cached" (the data's top-k, fast) or "online" (exact target logits)
+    kd_losses: tuple[str, ...] = ("fkl", "rkl", "tvd", "tvd++")
+    kd_steps: int = 48
+    kd_batch: int = 8
+    kd_lr: float = 3e-3
+    kd_warmup: int = 10
+    kd_max_length: int = 320
+    kd_eval_per_category: int = 1
+    kd_variance_seeds: int = 32  # gradient-variance measurement of the TVD++ estimators
 
 
 PROFILES: dict[str, Profile] = {
@@ -73,7 +85,9 @@ PROFILES: dict[str, Profile] = {
                   pretrain_texts=200, pretrain_block=64, pretrain_eval_blocks=8, pretrain_steps=12,
                   pretrain_batch=4, pretrain_warmup=2, eval_per_category=1, eval_max_new_tokens=12,
                   distill_per_category=1, distill_max_new_tokens=24, distill_batch=9,
-                  self_instruct_n=2),
+                  self_instruct_n=2, distill_topk=8, kd_data="generated", kd_target="online",
+                  kd_steps=3, kd_batch=3, kd_warmup=1, kd_max_length=128, kd_eval_per_category=1,
+                  kd_variance_seeds=4),
     "cpu": Profile(name="cpu", threads=1),
     "gpu": Profile(name="gpu", ch1_prefix_len=256, ch1_pass_ks=(1, 2, 4, 8, 16, 32, 64),
                    ch1_pass_repeats=20, ch1_rule_samples=20_000, ch1_tau_sim_blocks=100_000,
@@ -84,7 +98,9 @@ PROFILES: dict[str, Profile] = {
                    pretrain_warmup=200, eval_per_category=8, eval_max_new_tokens=128,
                    distill_source="databricks/databricks-dolly-15k",
                    distill_per_category=1_000, distill_max_new_tokens=512, distill_batch=64,
-                   self_instruct_n=200),
+                   self_instruct_n=200, distill_topk=0, kd_data="generated", kd_target="online",
+                   kd_steps=3_000, kd_batch=16, kd_lr=5e-4, kd_warmup=100, kd_max_length=768,
+                   kd_eval_per_category=8),
 }
 
 
