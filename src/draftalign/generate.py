@@ -138,7 +138,7 @@ def generate_distillation_data(target, tokenizer, prompts: list[str], out_dir, *
     batches = [list(range(i, min(i + batch_size, len(prompts)))) for i in range(0, len(prompts), batch_size)]
     todo = [(b, idx) for b, idx in enumerate(batches) if not all(i in done for i in idx)]
     bar = tqdm(total=len(prompts), initial=len(prompts) - sum(len(i) for _, i in todo),
-               desc="target answers", unit="prompt", disable=not progress, mininterval=2)
+               desc="target answers", unit="prompt", disable=not progress, mininterval=10)
     new_tokens, start = 0, time.perf_counter()
     device = next(target.parameters()).device
     for b, idx in todo:
@@ -182,7 +182,7 @@ def generate_distillation_data(target, tokenizer, prompts: list[str], out_dir, *
         for i in idx:
             done.setdefault(i, True)
         bar.update(len(lines))
-        bar.set_postfix(tok_s=f"{new_tokens / (time.perf_counter() - start):.0f}")
+        bar.set_postfix(tok_s=f"{new_tokens / (time.perf_counter() - start):.0f}", refresh=False)
         if on_batch is not None:
             on_batch(len(done))
     bar.close()

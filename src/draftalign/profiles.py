@@ -74,7 +74,7 @@ class Profile:
     kd_warmup: int = 10
     kd_max_length: int = 320
     kd_eval_per_category: int = 1
-    kd_variance_seeds: int = 32  # gradient-variance measurement of the TVD++ estimators
+    kd_variance_seeds: int = 16  # gradient-variance measurement of the TVD++ estimators
 
 
 PROFILES: dict[str, Profile] = {

@@ -228,7 +228,9 @@ def train(model, data: Batches, cfg: TrainConfig, out_dir, *, loss_fn: Callable 
         torch.manual_seed(cfg.seed)
     model.train()
     end = cfg.max_steps if stop_after is None else min(cfg.max_steps, step + stop_after)
-    bar = tqdm(total=cfg.max_steps, initial=step, desc=desc, disable=not progress, mininterval=2)
+    # at most ~20 updates: in an executed notebook every update is a line of output
+    bar = tqdm(total=cfg.max_steps, initial=step, desc=desc, disable=not progress, mininterval=2,
+               miniters=max(1, cfg.max_steps // 20))
     examples_per_step = cfg.batch_size * cfg.grad_accum
     while step < end:
         start = time.perf_counter()
@@ -252,7 +254,7 @@ def train(model, data: Batches, cfg: TrainConfig, out_dir, *, loss_fn: Callable 
             row.update(evaluate(model, eval_data, loss_fn, cfg))
         history.append(row)
         bar.update()
-        bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
+        bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
         if step % cfg.checkpoint_every == 0 or step == end:
             _save_checkpoint(ckpt, model, opt, sched, step, history, cfg)
     bar.close()
