@@ -175,7 +175,7 @@ def speculative_generate(target, draft, input_ids, *, max_new_tokens: int, gamma
                          temperature: float = 0.0, top_p: float = 1.0,
                          seed: int | None = None) -> GenerationResult:
     """Speculative decoding: the draft proposes ``gamma`` tokens, the target verifies
-    them in one pass (book Algorithm 1).
+    them in one pass (the algorithm of Chapter 1).
 
     Greedy (``temperature = 0``): drafts are the draft's argmax and are accepted while
     they equal the target's argmax, so the output is the target's greedy output token for
