@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
+from .cached_losses import CACHED_LOSSES, cached_loss
 from .chat import distill_example
 from .losses import get_loss
 from .train import Batches, TrainConfig, train
@@ -77,17 +78,29 @@ def kd_loss_fn(target, loss: str, **options):
     """A ``loss_fn(draft, batch) -> (loss, stats)`` for :func:`draftalign.train.train`.
 
     Position ``t`` predicts token ``t + 1``; it enters the loss when token ``t + 1`` is
-    part of the target's answer. Stats: ``tvd`` (mean per-position TVD, so ``1 - tvd`` is
+    part of the target's answer. Batches that carry the target's cached top-k use the
+    closed forms of :mod:`draftalign.cached_losses` when the loss has one (fkl, rkl, tvd,
+    exact tvd++): the same values and gradients as the expanded target, about twice as fast. Stats: ``tvd`` (mean per-position TVD, so ``1 - tvd`` is
     the expected acceptance of a sampled draft token) and ``top1`` (how often the draft's
     and the target's most likely next tokens agree: the greedy acceptance).
     """
     fn = get_loss(loss)
+    closed_form = loss in CACHED_LOSSES and options.get("estimator", "exact") == "exact"
 
     def loss_fn(draft, batch):
         ids, attn = batch["input_ids"], batch.get("attention_mask")
         pos = batch["loss_mask"][:, 1:].bool()  # [B, T-1]: the next token is the target's
         labels = ids[:, 1:][pos][None]  # [1, n]
         draft_logits = answer_logits(draft, ids, attn, pos)  # [1, n, V]
+        if "topk_ids" in batch and closed_form:  # cached target, closed form: no [n, V] target
+            top_ids, top_lp = batch["topk_ids"], batch["topk_logprobs"]
+            per_pos, tvd_rows = cached_loss(loss, draft_logits[0], top_ids, top_lp, **options)
+            value = per_pos.mean() if per_pos.numel() else draft_logits.sum() * 0
+            with torch.no_grad():
+                best = top_ids.gather(1, top_lp.argmax(-1, keepdim=True))[:, 0]
+                top1 = (draft_logits[0].argmax(-1) == best).float().mean() if len(best) else torch.tensor(0.0)
+                tvd = tvd_rows.mean() if len(best) else torch.tensor(0.0)
+            return value, {"tvd": float(tvd), "top1": float(top1), "tokens": float(pos.sum())}
         with torch.no_grad():
             if "topk_ids" in batch:  # the target's cached top-k, expanded to full logits
                 target_logits = expand_topk(batch["topk_ids"], batch["topk_logprobs"],
