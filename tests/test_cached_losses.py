@@ -112,3 +112,20 @@ def test_bad_inputs_are_refused():
         cached_loss("fkl", d[None], ids, lp)
     with pytest.raises(ValueError, match=r"\[n, k\]"):
         cached_loss("fkl", d, ids[:3], lp)
+
+
+@pytest.mark.parametrize("name", ["fkl", "rkl", "tvd"])
+def test_full_vocabulary_size_agrees_with_float64(name):
+    """At V = 49,152 the closed form stays within fp32 rounding of a float64 computation."""
+    V, k = 49_152, 16
+    g = torch.Generator().manual_seed(8)
+    d = torch.randn(6, V, generator=g)
+    lp, ids = (torch.randn(6, V, generator=g) * 3).log_softmax(-1).topk(k, -1)
+    top = lp.double().exp()
+    p = ((1 - top.sum(-1, keepdim=True)) / (V - k)).expand(6, V).clone().scatter_(1, ids, top)
+    logp, logq = p.log(), d.double().log_softmax(-1)
+    q = logq.exp()
+    exact = {"fkl": (p * (logp - logq)).sum(-1), "rkl": (q * (logq - logp)).sum(-1),
+             "tvd": 0.5 * (p - q).abs().sum(-1)}[name]
+    value = cached_loss(name, d, ids, lp)[0].double()
+    torch.testing.assert_close(value, exact, rtol=2e-5, atol=1e-6)

@@ -294,7 +294,7 @@ def test_kd_loss_jsd_and_options_are_passed(tiny_llama):
     assert all(torch.isfinite(p.grad).all() for p in draft.parameters() if p.grad is not None)
 
 
-@pytest.mark.parametrize("name", ["fkl", "tvd", "rkl"])
+@pytest.mark.parametrize("name", ["fkl", "tvd", "rkl", "tvd++"])
 def test_kd_loss_cached_full_topk_equals_online(tiny_llama, name):
     target, draft = _pair(tiny_llama, init_std=0.2)
     rows = _random_rows(5, seed=11)
@@ -313,6 +313,30 @@ def test_kd_loss_cached_full_topk_equals_online(tiny_llama, name):
         assert stats_c[k] == pytest.approx(stats_on[k], rel=1e-5, abs=1e-7)
     for a, p in zip(g_on, draft.parameters()):
         torch.testing.assert_close(p.grad, a, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["fkl", "tvd", "rkl", "tvd++"])
+def test_kd_loss_closed_form_equals_expanded_top_k(tiny_llama, name, monkeypatch):
+    """With k < V the closed forms (the default) give the expanded target's loss and gradients."""
+    import draftalign.distill as distill_module
+
+    target, draft = _pair(tiny_llama, init_std=0.2)
+    rows = _random_rows(5, seed=13)
+    batch = Batches(distill_examples(rows, topk=_exact_topk(target, rows, k=5))).get([4, 2, 0, 1, 3])
+    results = []
+    for closed in (True, False):
+        if not closed:  # force the generic path: no loss has a closed form
+            monkeypatch.setattr(distill_module, "CACHED_LOSSES", ())
+        draft.zero_grad(set_to_none=True)
+        loss, stats = kd_loss_fn(None, name)(draft, batch)
+        loss.backward()
+        results.append((loss.item(), stats, [p.grad.clone() for p in draft.parameters()]))
+    (a, sa, ga), (b, sb, gb) = results
+    assert a == pytest.approx(b, rel=1e-5, abs=1e-7)
+    for k in ("tvd", "top1", "tokens"):
+        assert sa[k] == pytest.approx(sb[k], rel=1e-5, abs=1e-7)
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
 
 
 def test_kd_loss_cached_topk_misaligned_rows_change_the_loss(tiny_llama):

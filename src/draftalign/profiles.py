@@ -68,7 +68,7 @@ class Profile:
     kd_data: str = "data/distill/smollm2-135m-t0.7"  # a shipped set (see its provenance), or "generated"
     kd_target: str = "cached"  # "cached" (the data's top-k, fast) or "online" (exact target logits)
     kd_losses: tuple[str, ...] = ("fkl", "rkl", "tvd", "tvd++")
-    kd_steps: int = 48
+    kd_steps: int = 96
     kd_batch: int = 8
     kd_lr: float = 3e-3
     kd_warmup: int = 10
