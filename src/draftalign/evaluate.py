@@ -7,6 +7,8 @@ tau is a count (tokens per target call), so it is immune to timing noise.
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
+
 import pandas as pd
 from tqdm.std import tqdm
 
@@ -14,7 +16,7 @@ from .chat import chat_input_ids
 from .metrics import acceptance_rate
 from .speculative import speculative_generate
 
-__all__ = ["tau_table", "tau_by_category"]
+__all__ = ["tau_table", "tau_by_category", "ngram_agreement"]
 
 
 def tau_table(target, draft, tokenizer, prompts: list[dict], *, gamma: int = 4, max_new_tokens: int = 48,
@@ -38,3 +40,44 @@ def tau_by_category(table: pd.DataFrame) -> pd.DataFrame:
     grouped.loc["all"] = table[["tokens", "target_calls"]].sum()
     grouped["tau"] = grouped.tokens / grouped.target_calls
     return grouped
+
+
+def ngram_agreement(train: list[dict], held_out: list[dict], *, n: int = 4) -> float:
+    """How often a back-off n-gram table agrees with the target's most likely next token
+    on held-out answers: a draft-free reference for the greedy acceptance a trained draft
+    reaches on the same data.
+
+    Rows are dicts with ``prompt_ids``, ``response_ids`` and ``labels`` (the target's most
+    likely token at each answer position, e.g. the first of the cached top-k). The table
+    maps the last ``n - 1`` tokens of context to the label seen most often after them in
+    ``train`` (ties: the label seen first); an unseen context backs off to shorter ones,
+    down to the most common label overall.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    tables = [defaultdict(Counter) for _ in range(n)]  # tables[m]: contexts of m tokens
+
+    def contexts(row):
+        full = list(row["prompt_ids"]) + list(row["response_ids"])
+        if len(row["labels"]) != len(row["response_ids"]):
+            raise ValueError("labels must hold one token per answer token")
+        for j, label in enumerate(row["labels"]):
+            at = len(row["prompt_ids"]) + j
+            yield [tuple(full[max(0, at - m):at]) for m in range(n)], int(label)
+
+    for row in train:
+        for ctxs, label in contexts(row):
+            for m, ctx in enumerate(ctxs):
+                if len(ctx) == m:
+                    tables[m][ctx][label] += 1
+    if not tables[0]:
+        raise ValueError("no training positions")
+    hits = total = 0
+    for row in held_out:
+        for ctxs, label in contexts(row):
+            m = next(m for m in range(n - 1, -1, -1) if len(ctxs[m]) == m and ctxs[m] in tables[m])
+            hits += tables[m][ctxs[m]].most_common(1)[0][0] == label
+            total += 1
+    if not total:
+        raise ValueError("no held-out positions")
+    return hits / total
