@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import torch
 
+from .losses import reward_baseline_and_scale
+
 __all__ = ["CACHED_LOSSES", "cached_loss"]
 
 CHUNK = 256  # rows per chunk: a [256, 49152] fp32 block is 48 MiB
@@ -102,16 +104,8 @@ class _CachedLoss(torch.autograd.Function):
         parts = [_forward_rows(d[s:s + CHUNK], ids[s:s + CHUNK], logprobs[s:s + CHUNK], mode)
                  for s in range(0, len(d), CHUNK)]
         value, logz, tvd, mean, var = (torch.cat(x) for x in zip(*parts))
-        if normalize == "batch" and len(d):
-            b = mean.mean().expand_as(mean)
-            s = (var + (mean - b) ** 2).mean().sqrt().expand_as(mean)
-        elif normalize == "position":
-            b, s = mean, var.sqrt()
-        else:
-            b, s = mean, torch.ones_like(mean)
-        if not baseline:
-            b = torch.zeros_like(b)
-        ctx.save_for_backward(d, ids, logprobs, logz, value, b, 1.0 / (s + eps))
+        b, scale = reward_baseline_and_scale(mean, var, normalize, baseline, eps)
+        ctx.save_for_backward(d, ids, logprobs, logz, value, b, scale)
         ctx.mode = mode
         ctx.mark_non_differentiable(tvd)
         return value, tvd
@@ -123,9 +117,7 @@ class _CachedLoss(torch.autograd.Function):
         for s in range(0, len(d), CHUNK):
             e = s + CHUNK
             g = _grad_rows(d[s:e], ids[s:e], logprobs[s:e], ctx.mode, logz[s:e], value[s:e], b[s:e], scale[s:e])
-            grad[s:e] = g.mul_(grad_value[s:e, None]) if ctx.mode != "tvd++" else g
-        if ctx.mode == "tvd++":  # the surrogate's gradient, scaled like the value's
-            grad.mul_(grad_value[:, None])
+            grad[s:e] = g.mul_(grad_value[s:e, None])  # tvd++: the surrogate's, scaled alike
         return grad, None, None, None, None, None, None
 
 

@@ -175,21 +175,13 @@ def tvdpp(draft_logits, target_logits, mask=None, *, estimator: str = "exact", n
                                 for s in range(0, len(idx), CHUNK)]) if len(idx) else idx.new_zeros(0, num_samples)
         else:
             tokens = labels.reshape(-1)[idx].unsqueeze(1)  # [n, 1]
-        if normalize == "batch" and len(idx):
-            if tokens is None:  # q-weighted over positions
-                b = mean_t.mean().expand_as(mean_t)
-                s = (var_t + (mean_t - b) ** 2).mean().sqrt().expand_as(mean_t)
-            else:
-                r = _rewards(draft.detach(), target, idx, tokens)
-                b = r.mean().expand_as(mean_t)
-                s = r.std(unbiased=False).expand_as(mean_t)
-        elif normalize == "position":
-            b, s = mean_t, var_t.sqrt()
+        if normalize == "batch" and len(idx) and tokens is not None:  # over the sampled rewards
+            r = _rewards(draft.detach(), target, idx, tokens)
+            b, s = r.mean().expand_as(mean_t), r.std(unbiased=False).expand_as(mean_t)
+            b = b if baseline else torch.zeros_like(b)
+            scale = 1.0 / (s + eps)
         else:
-            b, s = mean_t, torch.ones_like(mean_t)
-        if not baseline:
-            b = torch.zeros_like(b)
-        scale = 1.0 / (s + eps)
+            b, scale = reward_baseline_and_scale(mean_t, var_t, normalize, baseline, eps)
 
     # 2. the surrogate whose gradient is the estimate; its value is replaced by TVD
     def surrogate_rows(d, t, b_rows, scale_rows, *tok):
@@ -211,6 +203,22 @@ def tvdpp(draft_logits, target_logits, mask=None, *, estimator: str = "exact", n
     extra = (b, scale) if tokens is None else (b, scale, tokens)
     out = _chunked(surrogate_rows, draft, target, idx, *extra)
     return _scatter(out, idx, draft_logits)
+
+
+def reward_baseline_and_scale(mean, var, normalize: str, baseline: bool, eps: float):
+    """TVD++'s baseline ``b`` and ``1 / (s + eps)`` per position (``[n]`` each) from the
+    reward's exact mean and variance under ``q`` at each position: per position, over the
+    batch (q-weighted: the mixture's mean and variance), or unscaled (``"none"``)."""
+    if normalize == "batch" and len(mean):
+        b = mean.mean().expand_as(mean)
+        s = (var + (mean - b) ** 2).mean().sqrt().expand_as(mean)
+    elif normalize == "position":
+        b, s = mean, var.sqrt()
+    else:
+        b, s = mean, torch.ones_like(mean)
+    if not baseline:
+        b = torch.zeros_like(b)
+    return b, 1.0 / (s + eps)
 
 
 def _rewards(draft, target, idx, tokens) -> torch.Tensor:
