@@ -80,9 +80,10 @@ def kd_loss_fn(target, loss: str, **options):
     Position ``t`` predicts token ``t + 1``; it enters the loss when token ``t + 1`` is
     part of the target's answer. Batches that carry the target's cached top-k use the
     closed forms of :mod:`draftalign.cached_losses` when the loss has one (fkl, rkl, tvd,
-    exact tvd++): the same values and gradients as the expanded target, about twice as fast. Stats: ``tvd`` (mean per-position TVD, so ``1 - tvd`` is
-    the expected acceptance of a sampled draft token) and ``top1`` (how often the draft's
-    and the target's most likely next tokens agree: the greedy acceptance).
+    exact tvd++): the same values and gradients as the expanded target, without building
+    it. Stats: ``tvd`` (mean per-position TVD, so ``1 - tvd`` is the expected acceptance
+    of a sampled draft token) and ``top1`` (how often the draft's and the target's most
+    likely next tokens agree: the greedy acceptance).
     """
     fn = get_loss(loss)
     closed_form = loss in CACHED_LOSSES and options.get("estimator", "exact") == "exact"
