@@ -7,7 +7,8 @@ Hugging Face folder. Chapter 4 runs it once per loss from the same pretrained dr
 
 The target's distributions are computed online, exactly, in the same batch as the draft's
 (no cache, no approximation); only positions whose next token belongs to the target's
-answer enter the loss.
+answer enter the loss. A draft over a sub-vocabulary (:mod:`draftalign.subvocab`) trains
+in its own small space, against the target restricted to its tokens.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import torch
 from .cached_losses import CACHED_LOSSES, cached_loss
 from .chat import distill_example
 from .losses import get_loss
+from .subvocab import SubVocabDraft
 from .train import Batches, TrainConfig, train
 
-__all__ = ["distill_examples", "expand_topk", "answer_logits", "kd_loss_fn", "distill", "token_budget"]
+__all__ = ["distill_examples", "expand_topk", "restrict_topk", "answer_logits", "kd_loss_fn", "distill",
+           "token_budget"]
 
 
 def distill_examples(dataset, *, max_length: int | None = None, topk: dict | None = None) -> list[dict]:
@@ -60,6 +63,49 @@ def expand_topk(ids: torch.Tensor, logprobs: torch.Tensor, vocab_size: int) -> t
     return out.scatter_(1, ids.long(), logprobs.float())
 
 
+def restrict_topk(ids: torch.Tensor, logprobs: torch.Tensor, vocab_size: int, to_sub: torch.Tensor,
+                  sub_size: int) -> torch.Tensor:
+    """The cached target's log-probabilities ``[n, K]`` at the ``K`` tokens of a
+    sub-vocabulary (``to_sub``: the full vocabulary's ids to rows, ``K`` for tokens outside):
+    the columns of :func:`expand_topk` that the sub-vocabulary keeps, without building
+    ``[n, V]``. They sum to less than 1; the losses renormalise them."""
+    n, k = ids.shape
+    rest = (1 - logprobs.float().exp().sum(-1)).clamp(min=1e-8)  # [n]
+    out = torch.log(rest / (vocab_size - k))[:, None].expand(n, sub_size + 1).clone()
+    out.scatter_(1, to_sub[ids.long()], logprobs.float())  # kept top-k tokens; the others land in column K
+    return out[:, :sub_size]
+
+
+def _sub_vocab_loss(fn, target, draft: SubVocabDraft, batch: dict, options: dict):
+    """Loss and stats for a sub-vocabulary draft: the loss against the target restricted to
+    the kept tokens and renormalised; TVD and top-1 against the full target (a kept token
+    can never match a target token outside the sub-vocabulary)."""
+    ids, attn = batch["input_ids"], batch.get("attention_mask")
+    pos = batch["loss_mask"][:, 1:].bool()
+    K = draft.sub_size
+    draft_logits = answer_logits(draft.model, draft.sub_ids(ids), attn, pos)[..., :K]  # [1, n, K]
+    with torch.no_grad():
+        if "topk_ids" in batch:
+            top_ids, top_lp = batch["topk_ids"], batch["topk_logprobs"]
+            sub_lp = restrict_topk(top_ids, top_lp, draft.full_vocab_size, draft.to_sub, K)  # [n, K]
+            best = top_ids.gather(1, top_lp.argmax(-1, keepdim=True))[:, 0].long()
+        else:
+            full = answer_logits(target, ids, attn, pos)[0].float().log_softmax(-1)  # [n, V]
+            sub_lp, best = full.index_select(-1, draft.keep), full.argmax(-1)
+    labels = draft.sub_ids(ids[:, 1:][pos])
+    labels = torch.where(labels < K, labels, sub_lp.argmax(-1))  # an answer token outside: the closest kept
+    per_pos = fn(draft_logits, sub_lp[None], None, labels=labels[None], **options)  # [1, n]
+    value = per_pos.mean() if per_pos.numel() else draft_logits.sum() * 0
+    with torch.no_grad():
+        if len(best):
+            q, p = draft_logits[0].float().softmax(-1), sub_lp.exp()
+            tvd = 0.5 * ((q - p).abs().sum(-1) + (1 - p.sum(-1)).clamp(min=0)).mean()
+            top1 = (draft.keep[q.argmax(-1)] == best).float().mean()
+        else:
+            tvd = top1 = torch.tensor(0.0)
+    return value, {"tvd": float(tvd), "top1": float(top1), "tokens": float(pos.sum())}
+
+
 def answer_logits(model, ids, attention_mask, positions) -> torch.Tensor:
     """Logits ``[1, n, V]`` at the ``n`` positions where ``positions [B, T-1]`` is True.
 
@@ -89,6 +135,8 @@ def kd_loss_fn(target, loss: str, **options):
     closed_form = loss in CACHED_LOSSES and options.get("estimator", "exact") == "exact"
 
     def loss_fn(draft, batch):
+        if isinstance(draft, SubVocabDraft):
+            return _sub_vocab_loss(fn, target, draft, batch, options)
         ids, attn = batch["input_ids"], batch.get("attention_mask")
         pos = batch["loss_mask"][:, 1:].bool()  # [B, T-1]: the next token is the target's
         labels = ids[:, 1:][pos][None]  # [1, n]

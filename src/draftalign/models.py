@@ -35,6 +35,7 @@ __all__ = [
     "count_parameters",
     "size_ratio",
     "check_compatible",
+    "vocab_size",
     "layer_subset_draft",
     "cache_kwargs",
     "cache_dir",
@@ -288,10 +289,16 @@ def cache_kwargs(model, cache) -> dict:
     return {"cache" if "cache" in params else "past_key_values": cache}
 
 
+def vocab_size(model) -> int:
+    """The vocabulary a model's ids and logits live in: its embedding rows, or the target's
+    for a draft over a sub-vocabulary (:class:`draftalign.subvocab.SubVocabDraft`)."""
+    full = getattr(model, "full_vocab_size", None)
+    return int(full) if full is not None else model.get_input_embeddings().weight.shape[0]
+
+
 def check_compatible(target, draft) -> None:
     """Raise ``ValueError`` unless ``draft`` can draft for ``target`` (equal vocab_size)."""
-    vt = target.get_input_embeddings().weight.shape[0]
-    vd = draft.get_input_embeddings().weight.shape[0]
+    vt, vd = vocab_size(target), vocab_size(draft)
     if vt != vd:
         raise ValueError(
             f"vocab_size mismatch: target has {vt}, draft has {vd}; a draft must use the "

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from .models import cache_kwargs, check_compatible
+from .models import cache_kwargs, check_compatible, vocab_size
 from .sampling import BlockOutcome, _check_sampling, sample, verify_block, verify_block_greedy, warp
 
 __all__ = ["GenerationResult", "Block", "autoregressive_generate", "speculative_generate"]
@@ -123,7 +123,7 @@ def _check_inputs(model, input_ids, max_new_tokens: int, temperature: float, top
     if context is not None and input_ids.shape[1] >= context:
         raise ValueError(f"the prompt has {input_ids.shape[1]} tokens but the model's context "
                          f"holds {context}: nothing can be generated")
-    vocab = model.get_input_embeddings().weight.shape[0]
+    vocab = vocab_size(model)
     if int(input_ids.max()) >= vocab or int(input_ids.min()) < 0:
         raise ValueError(f"input_ids hold ids outside the vocabulary [0, {vocab})")
     return input_ids[0].tolist()

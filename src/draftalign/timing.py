@@ -22,7 +22,7 @@ from tqdm.std import tqdm  # plain text bars: they render in executed notebooks 
 from transformers import DynamicCache
 
 from .metrics import acceptance_rate
-from .models import cache_kwargs
+from .models import cache_kwargs, vocab_size
 
 __all__ = ["pass_cost", "compare_decoders"]
 
@@ -42,7 +42,7 @@ def pass_cost(model, *, prefix_len: int = 64, ks: Sequence[int] = (1, 2, 4, 8, 1
     median relative to ``k = 1``. The ``k`` values are interleaved within each repeat.
     """
     device = next(model.parameters()).device
-    vocab = model.get_input_embeddings().weight.shape[0]
+    vocab = vocab_size(model)
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (1, prefix_len + max(ks)), generator=gen).to(device)
     cache = DynamicCache(config=model.config)
