@@ -17,7 +17,6 @@ from dataclasses import asdict
 
 import datasets
 import pandas as pd
-from transformers import AutoModelForCausalLM
 
 from .artifacts import is_complete, read_manifest, write_manifest
 from .corpus import pack_blocks, pretraining_texts, texts_digest
@@ -26,6 +25,7 @@ from .distill import distill
 from .generate import generate_distillation_data, load_distillation_data, load_topk
 from .models import count_parameters, make_draft
 from .profiles import Profile, repo_root, runs_dir
+from .subvocab import load_draft, sub_vocab_draft, sub_vocabulary
 from .train import Batches, TrainConfig, history_of, train
 
 __all__ = ["draft_spec", "make_profile_draft", "pretrain_config", "pretrained_draft",
@@ -50,7 +50,7 @@ def pretrain_config(P: Profile) -> TrainConfig:
 
 def _load_draft(folder, target):
     param = next(target.parameters())
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=param.dtype).to(param.device).eval()
+    return load_draft(folder, dtype=param.dtype, device=param.device).eval()
 
 
 def pretrained_draft(target, tokenizer, P: Profile, *, progress: bool = True):
@@ -176,7 +176,8 @@ def distilled_draft(target, tokenizer, P: Profile, loss: str, *, loss_options: d
     cfg = kd_config(P)
     spec = {"stage": "distill", "loss": loss, "loss_options": loss_options or {},
             "base": base_manifest["spec"], "data": str(P.kd_data), "data_rows": len(data),
-            "target_logits": P.kd_target, "max_length": P.kd_max_length, "train": asdict(cfg)}
+            "target_logits": P.kd_target, "max_length": P.kd_max_length, "sub_vocab": P.kd_sub_vocab,
+            "train": asdict(cfg)}
     if is_complete(folder, spec):
         return _load_draft(folder, target), history_of(folder), read_manifest(folder)
     if read_manifest(folder) is not None:
@@ -190,6 +191,10 @@ def distilled_draft(target, tokenizer, P: Profile, loss: str, *, loss_options: d
 
     def run():
         draft = _load_draft(runs_dir(P) / "draft-pretrained", target)
+        if P.kd_sub_vocab is not None:  # the output layer over the tokens of the training data only
+            keep = sub_vocabulary(train_rows, topk=topk, per_position=P.kd_sub_vocab,
+                                  always=tokenizer.all_special_ids)
+            draft = sub_vocab_draft(draft, keep)
         history = distill(draft, target, train_rows, folder, loss=loss, cfg=cfg, max_length=P.kd_max_length,
                           eval_dataset=eval_rows, loss_options=loss_options, pad_id=tokenizer.pad_token_id,
                           topk=topk, progress=progress)
