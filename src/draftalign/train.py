@@ -228,9 +228,11 @@ def train(model, data: Batches, cfg: TrainConfig, out_dir, *, loss_fn: Callable 
         torch.manual_seed(cfg.seed)
     model.train()
     end = cfg.max_steps if stop_after is None else min(cfg.max_steps, step + stop_after)
-    # at most ~20 updates: in an executed notebook every update is a line of output
+    # at most ~20 updates: in an executed notebook every update is a line of output. An
+    # infinite maxinterval stops tqdm's monitor thread from dropping miniters to 1 after a
+    # slow step (an evaluation), which would print a line every mininterval from then on.
     bar = tqdm(total=cfg.max_steps, initial=step, desc=desc, disable=not progress, mininterval=2,
-               miniters=max(1, cfg.max_steps // 20))
+               miniters=max(1, cfg.max_steps // 20), maxinterval=float("inf"))
     examples_per_step = cfg.batch_size * cfg.grad_accum
     while step < end:
         start = time.perf_counter()
