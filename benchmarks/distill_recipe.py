@@ -8,11 +8,13 @@ beyond what the chapter's ``cpu`` profile can afford::
 
     python benchmarks/distill_recipe.py --draft pretrained --loss fkl --steps 250
     python benchmarks/distill_recipe.py --draft fresh:256,4 --steps 250 --lr 3e-3
-    python benchmarks/distill_recipe.py --draft layers:0,1 --lr 3e-4 --freeze-embeddings
+    python benchmarks/distill_recipe.py --draft layers:0,1 --lr 3e-4 --freeze-embeddings --full-vocab
 
 ``--draft``: ``pretrained`` (the ``cpu`` profile's Chapter 2 draft, trained if missing),
 ``fresh:HIDDEN,LAYERS`` (random init) or ``layers:I,J,...`` (a subset of the target's
-layers, embeddings and head included). Prints one JSON line with the results.
+layers, embeddings and head included). The draft's output layer covers the training data's
+tokens (:mod:`draftalign.subvocab`, as in the ``cpu`` profile) unless ``--full-vocab``.
+Prints one JSON line with the results.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from draftalign.generate import load_distillation_data, load_topk
 from draftalign.models import count_parameters, layer_subset_draft, load_target, make_draft
 from draftalign.pipeline import pretrained_draft
 from draftalign.profiles import get_profile
+from draftalign.subvocab import sub_vocab_draft, sub_vocabulary
 from draftalign.train import TrainConfig
 
 
@@ -57,6 +60,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--max-length", type=int, default=320)
     ap.add_argument("--freeze-embeddings", action="store_true")
+    ap.add_argument("--full-vocab", action="store_true", help="keep the output layer over the whole vocabulary")
+    ap.add_argument("--sub-vocab-topk", type=int, default=get_profile("cpu").kd_sub_vocab or 4,
+                    help="the sub-vocabulary takes the target's top-k at each answer token (default: the cpu profile's)")
     ap.add_argument("--tau-per-category", type=int, default=1, help="evaluation prompts per category")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -64,11 +70,15 @@ def main() -> None:
 
     target, tokenizer = load_target()
     draft = build_draft(args.draft, target, tokenizer)
-    if args.freeze_embeddings:
-        draft.get_input_embeddings().weight.requires_grad_(False)
     data, topk = load_distillation_data(args.data), load_topk(args.data)
     n_eval = max(args.batch, len(data) // 20)  # as pipeline.distilled_draft holds out
     train_rows, eval_rows = data.select(range(len(data) - n_eval)), data.select(range(len(data) - n_eval, len(data)))
+    if not args.full_vocab:
+        keep = sub_vocabulary(train_rows, topk=topk or None, per_position=args.sub_vocab_topk,
+                              always=tokenizer.all_special_ids)
+        draft = sub_vocab_draft(draft, keep)
+    if args.freeze_embeddings:
+        draft.get_input_embeddings().weight.requires_grad_(False)
     cfg = TrainConfig(max_steps=args.steps, batch_size=args.batch, lr=args.lr, warmup_steps=args.warmup,
                       eval_every=args.steps, eval_batches=n_eval // args.batch, checkpoint_every=args.steps)
     with tempfile.TemporaryDirectory() as out:
@@ -83,6 +93,7 @@ def main() -> None:
     print(json.dumps({
         "draft": args.draft, "loss": args.loss, "parameters": count_parameters(draft), "steps": args.steps,
         "batch": args.batch, "lr": args.lr, "freeze_embeddings": args.freeze_embeddings,
+        "sub_vocab": None if args.full_vocab else getattr(draft, "sub_size", None),
         "answer_tokens": int(history.tokens.sum()), "train_seconds": round(float(history.seconds.sum()), 1),
         "answer_tokens_per_s": round(float(history.tokens.sum() / history.seconds.sum()), 1),
         "wall_seconds": round(seconds, 1), "held_out_tvd": round(float(last.eval_tvd), 4),

@@ -93,7 +93,7 @@ def _sub_vocab_loss(fn, target, draft: SubVocabDraft, batch: dict, options: dict
             full = answer_logits(target, ids, attn, pos)[0].float().log_softmax(-1)  # [n, V]
             sub_lp, best = full.index_select(-1, draft.keep), full.argmax(-1)
     labels = draft.sub_ids(ids[:, 1:][pos])
-    labels = torch.where(labels < K, labels, sub_lp.argmax(-1))  # an answer token outside: the closest kept
+    labels = torch.where(labels < K, labels, sub_lp.argmax(-1))  # an answer token outside: the likeliest kept one
     per_pos = fn(draft_logits, sub_lp[None], None, labels=labels[None], **options)  # [1, n]
     value = per_pos.mean() if per_pos.numel() else draft_logits.sum() * 0
     with torch.no_grad():
