@@ -57,8 +57,8 @@ class SubVocabDraft(torch.nn.Module):
     row ``K`` stands for every other token as input and is never predicted. ``forward``
     takes the target's ids and returns logits over the target's ``full_vocab_size`` tokens,
     ``-inf`` outside ``keep`` (probability 0), so speculative decoding, tau and the
-    samplers use it like any draft. Training uses :meth:`sub_ids` and :meth:`sub_logits`
-    to stay in the small space.
+    samplers use it like any draft. Training (:func:`draftalign.distill.kd_loss_fn`) stays
+    in the small space: :meth:`sub_ids` in, the inner model's ``K`` kept logits out.
     """
 
     def __init__(self, model, keep: torch.Tensor, full_vocab_size: int):
