@@ -78,7 +78,6 @@ def test_wrapped_logits_are_the_kept_rows_and_minus_inf_elsewhere(tiny_llama, ti
     with torch.no_grad():
         a, b = sub(torch.tensor([[1, 0, 4]])).logits, sub(torch.tensor([[1, 2, 4]])).logits
     torch.testing.assert_close(a, b)
-    assert not torch.equal(draft.get_input_embeddings().weight[:len(keep)], sub.model.get_input_embeddings().weight[:-1])
 
 
 def test_keeping_every_token_reproduces_the_draft(tiny_llama):

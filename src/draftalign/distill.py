@@ -53,13 +53,19 @@ def distill_examples(dataset, *, max_length: int | None = None, topk: dict | Non
     return out
 
 
+def _tail_logprob(logprobs: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """``[n]``: the log-probability of each token outside a top-k ``[n, k]``, the remaining
+    mass spread evenly over the other ``V - k`` tokens."""
+    rest = (1 - logprobs.float().exp().sum(-1)).clamp(min=1e-8)
+    return torch.log(rest / (vocab_size - logprobs.shape[-1]))
+
+
 def expand_topk(ids: torch.Tensor, logprobs: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Full log-probabilities ``[n, V]`` from a top-k ``[n, k]``: the k kept tokens get their
     log-probabilities, the remaining mass is spread evenly over the other ``V - k`` tokens.
     This is the cached-target approximation; Chapter 4 compares it with the exact target."""
-    n, k = ids.shape
-    rest = (1 - logprobs.float().exp().sum(-1)).clamp(min=1e-8)  # [n]
-    out = torch.log(rest / (vocab_size - k))[:, None].expand(n, vocab_size).clone()
+    n = ids.shape[0]
+    out = _tail_logprob(logprobs, vocab_size)[:, None].expand(n, vocab_size).clone()
     return out.scatter_(1, ids.long(), logprobs.float())
 
 
@@ -69,9 +75,8 @@ def restrict_topk(ids: torch.Tensor, logprobs: torch.Tensor, vocab_size: int, to
     sub-vocabulary (``to_sub``: the full vocabulary's ids to rows, ``K`` for tokens outside):
     the columns of :func:`expand_topk` that the sub-vocabulary keeps, without building
     ``[n, V]``. They sum to less than 1; the losses renormalise them."""
-    n, k = ids.shape
-    rest = (1 - logprobs.float().exp().sum(-1)).clamp(min=1e-8)  # [n]
-    out = torch.log(rest / (vocab_size - k))[:, None].expand(n, sub_size + 1).clone()
+    n = ids.shape[0]
+    out = _tail_logprob(logprobs, vocab_size)[:, None].expand(n, sub_size + 1).clone()
     out.scatter_(1, to_sub[ids.long()], logprobs.float())  # kept top-k tokens; the others land in column K
     return out[:, :sub_size]
 
