@@ -1,7 +1,7 @@
 """Prompts for distillation and evaluation: the built-in sets, public datasets, and
 prompts the target writes itself.
 
-Reads ``data/prompts/{distill,eval}.jsonl`` (written by the project, one category per
+Reads ``data/prompts/{distill,eval,mt_bench}.jsonl`` (written by the project, one category per
 prompt), or public instruction datasets through ``datasets`` (the ``gpu`` profile);
 writes nothing. Chapter 3 turns these prompts into the distillation dataset; every
 chapter measures tau on the evaluation set, per category. The pretraining corpus and
@@ -20,7 +20,8 @@ from .corpus import pack_blocks, pretraining_texts, stdlib_docstrings, web_texts
 from .models import hub_reachable
 from .profiles import repo_root
 
-__all__ = ["CATEGORIES", "load_prompts", "load_hub_prompts", "self_instruct_prompts",
+__all__ = ["CATEGORIES", "SPLITS", "load_prompts", "load_hub_prompts", "self_instruct_prompts", "self_instruct_round",
+           "keep_self_instruct",
            "pack_blocks", "pretraining_texts", "stdlib_docstrings", "web_texts", "prompts_dir"]
 
 CATEGORIES = ("open_qa", "creative_writing", "brainstorming", "summarization", "rewriting",
@@ -37,21 +38,29 @@ def prompts_dir() -> Path:
     return repo_root() / "data" / "prompts"
 
 
+SPLITS = ("distill", "eval", "mt_bench")
+
+
 def load_prompts(split: str = "distill", *, categories=None, limit_per_category: int | None = None) -> list[dict]:
-    """The built-in prompt set ``split`` ("distill" or "eval"): dicts with ``id``,
-    ``category`` and ``prompt``, in file order. ``limit_per_category`` keeps the first
+    """A built-in prompt set: dicts with ``id``, ``category`` and ``prompt``, in file order.
+
+    ``split``: ``"distill"`` (the target answers them for distillation), ``"eval"`` (the
+    book's held-out evaluation prompts) or ``"mt_bench"`` (the first turns of the 80
+    MT-Bench questions, a public benchmark with its own eight categories; see
+    ``data/README.md`` for where it comes from). ``limit_per_category`` keeps the first
     prompts of each category (so small profiles keep the category mix)."""
-    if split not in ("distill", "eval"):
-        raise ValueError(f"split must be 'distill' or 'eval', got {split!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     path = prompts_dir() / f"{split}.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run from inside the project folder "
                                 f"(the prompt sets live in data/prompts/)")
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if categories is not None:
-        unknown = set(categories) - set(CATEGORIES)
+        known = sorted({r["category"] for r in rows})
+        unknown = set(categories) - set(known)
         if unknown:
-            raise ValueError(f"unknown categories {sorted(unknown)}; known: {CATEGORIES}")
+            raise ValueError(f"unknown categories {sorted(unknown)} for split {split!r}; known: {known}")
         rows = [r for r in rows if r["category"] in set(categories)]
     if limit_per_category is not None:
         seen: dict[str, int] = {}
@@ -120,34 +129,57 @@ def _normalise(text: str) -> str:
 @torch.inference_mode()
 def self_instruct_prompts(target, tokenizer, n: int, *, temperature: float = 1.0, top_p: float = 0.95,
                           max_new_tokens: int = 60, batch_size: int = 8, seed: int = 0,
-                          max_rounds: int = 20) -> list[dict]:
+                          max_rounds: int | None = None) -> list[dict]:
     """Prompts written by the target itself (Magpie, Xu et al. 2024): feed the chat
     template up to an empty user turn and let the target write the user's message.
 
-    Keeps messages that ended their turn, have 4 to 80 words, are mostly ASCII letters
-    and are not duplicates (after lower-casing and dropping punctuation). Returns up to
-    ``n`` dicts with ``id``, ``category`` ("self_instruct") and ``prompt``.
+    Keeps messages that pass :func:`keep_self_instruct` and are not duplicates (after
+    lower-casing and dropping punctuation). Generates ``batch_size`` candidates per round
+    until ``n`` are kept; ``max_rounds`` (default: enough for ``n`` at a keep rate of one
+    in four, at least 20) bounds the work. Returns up to ``n`` dicts with ``id``,
+    ``category`` ("self_instruct") and ``prompt``.
     """
-    prefix = tokenizer(_user_turn_prefix(tokenizer), add_special_tokens=False, return_tensors="pt")
-    ids = prefix["input_ids"].to(target.device)
-    eos = tokenizer.eos_token_id
-    torch.manual_seed(seed)
+    if n < 1 or batch_size < 1:
+        raise ValueError(f"n and batch_size must be >= 1, got {n}, {batch_size}")
+    if max_rounds is None:
+        max_rounds = max(20, -(-4 * n // batch_size))
     kept, seen = [], set()
-    for _ in range(max_rounds):
-        out = target.generate(ids.expand(batch_size, -1), attention_mask=torch.ones_like(ids).expand(batch_size, -1),
-                              do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
-                              max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
-        for row in out[:, ids.shape[1]:].tolist():
-            if eos not in row:
-                continue  # did not finish its turn
-            text = tokenizer.decode(row[: row.index(eos)], skip_special_tokens=True).strip()
-            words = text.split()
-            letters = sum(c.isascii() and c.isalpha() for c in text)
+    for r in range(max_rounds):
+        for text in self_instruct_round(target, tokenizer, batch_size=batch_size, seed=seed + r,
+                                        temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens):
             key = _normalise(text)
-            if not 4 <= len(words) <= 80 or letters < 0.6 * len(text) or key in seen:
+            if key in seen:
                 continue
             seen.add(key)
             kept.append({"id": f"self-{len(kept):04d}", "category": "self_instruct", "prompt": text})
             if len(kept) >= n:
                 return kept
     return kept
+
+
+def keep_self_instruct(text: str) -> bool:
+    """Whether a self-written user message is worth answering: 4 to 80 words, mostly ASCII letters."""
+    letters = sum(c.isascii() and c.isalpha() for c in text)
+    return 4 <= len(text.split()) <= 80 and letters >= 0.6 * len(text)
+
+
+@torch.inference_mode()
+def self_instruct_round(target, tokenizer, *, batch_size: int, seed: int, temperature: float = 1.0,
+                        top_p: float = 0.95, max_new_tokens: int = 60) -> list[str]:
+    """One round of Magpie: ``batch_size`` user messages sampled with ``seed``, those that
+    ended their turn and pass :func:`keep_self_instruct`, in order (duplicates included)."""
+    prefix = tokenizer(_user_turn_prefix(tokenizer), add_special_tokens=False, return_tensors="pt")
+    ids = prefix["input_ids"].to(target.device)
+    eos = tokenizer.eos_token_id
+    torch.manual_seed(seed)
+    out = target.generate(ids.expand(batch_size, -1), attention_mask=torch.ones_like(ids).expand(batch_size, -1),
+                          do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
+                          max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+    texts = []
+    for row in out[:, ids.shape[1]:].tolist():
+        if eos not in row:
+            continue  # did not finish its turn
+        text = tokenizer.decode(row[: row.index(eos)], skip_special_tokens=True).strip()
+        if keep_self_instruct(text):
+            texts.append(text)
+    return texts

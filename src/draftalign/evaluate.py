@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 import pandas as pd
+import torch
 from tqdm.std import tqdm
 
 from .chat import chat_input_ids
 from .metrics import acceptance_rate
 from .speculative import speculative_generate
 
-__all__ = ["tau_table", "tau_by_category", "ngram_agreement"]
+__all__ = ["tau_table", "tau_by_category", "ngram_agreement", "greedy_agreement"]
 
 
 def tau_table(target, draft, tokenizer, prompts: list[dict], *, gamma: int = 4, max_new_tokens: int = 48,
@@ -81,3 +82,36 @@ def ngram_agreement(train: list[dict], held_out: list[dict], *, n: int = 4) -> f
     if not total:
         raise ValueError("no held-out positions")
     return hits / total
+
+
+@torch.inference_mode()
+def greedy_agreement(draft, rows, *, batch_size: int = 16, progress: bool = False) -> pd.DataFrame:
+    """How often the draft's most likely next token is the token the target wrote, on the
+    target's own greedy answers (teacher forcing): the acceptance of greedy drafting
+    along those answers, one forward pass per batch instead of a decoding loop.
+
+    ``rows``: dicts (or a dataset) with ``prompt_ids`` and ``response_ids`` (a greedy
+    answer of the target) and optionally ``id``/``index`` and ``category``. Returns one
+    row per answer: ``id``, ``category``, ``tokens`` (answer tokens scored), ``hits``
+    (draft argmax equal to the target's token) and ``agreement``.
+    """
+    rows = list(rows)
+    device = next(draft.parameters()).device
+    out = []
+    for start in tqdm(range(0, len(rows), batch_size), desc="agreement", disable=not progress, mininterval=5):
+        chunk = rows[start:start + batch_size]
+        seqs = [list(r["prompt_ids"]) + list(r["response_ids"]) for r in chunk]
+        width = max(len(s) for s in seqs)
+        ids = torch.zeros((len(seqs), width), dtype=torch.long)
+        attn = torch.zeros((len(seqs), width), dtype=torch.long)
+        for j, s in enumerate(seqs):  # right padding: positions are the same as unpadded
+            ids[j, :len(s)] = torch.tensor(s)
+            attn[j, :len(s)] = 1
+        pred = draft(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.argmax(-1).cpu()  # [B, T]
+        for j, r in enumerate(chunk):
+            n_prompt, n_answer = len(r["prompt_ids"]), len(r["response_ids"])
+            guess = pred[j, n_prompt - 1:n_prompt + n_answer - 1]
+            hits = int((guess == torch.tensor(list(r["response_ids"]))).sum())
+            out.append({"id": r.get("id", r.get("index", start + j)), "category": r.get("category"),
+                        "tokens": n_answer, "hits": hits, "agreement": hits / max(1, n_answer)})
+    return pd.DataFrame(out)

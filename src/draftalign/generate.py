@@ -3,7 +3,7 @@
 Reads a target, its tokenizer and a list of user messages; writes ``out_dir/`` with
 ``settings.json`` (sampling settings, model, prompt fingerprint), ``records.jsonl`` (one
 JSON line per answered prompt, appended batch by batch) and returns the finished
-``datasets.Dataset``. Chapter 3 builds the distillation set with it; Chapter 4 trains on
+``datasets.Dataset`` (or plain dicts: :func:`generate_distillation_rows`). Chapter 3 builds the distillation set with it; Chapter 4 trains on
 it.
 
 Resumable: each batch's records are written in one append, flushed and fsynced; a run
@@ -15,6 +15,8 @@ writes exactly what an uninterrupted run would have written.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import hashlib
 import json
 import os
@@ -22,14 +24,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import datasets
 import numpy as np
 import torch
 from tqdm.std import tqdm
 
 from .chat import generation_prefix_ids
 
-__all__ = ["generate_distillation_data", "load_distillation_data", "load_topk"]
+if TYPE_CHECKING:  # datasets is imported when a Dataset is built, not with this module
+    import datasets
+
+__all__ = ["generate_distillation_data", "generate_distillation_rows", "load_distillation_data",
+           "read_distillation_rows", "load_topk"]
 
 _RECORDS = "records.jsonl"
 _SETTINGS = "settings.json"
@@ -83,28 +88,42 @@ def load_topk(out_dir) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     return out
 
 
-def load_distillation_data(out_dir) -> datasets.Dataset:
-    """The dataset in ``out_dir`` (rows in prompt order)."""
+def read_distillation_rows(out_dir) -> list[dict]:
+    """The rows in ``out_dir`` as plain dicts (prompt order), without ``datasets``."""
     path = Path(out_dir) / _RECORDS
     if not path.exists():
         raise FileNotFoundError(f"no distillation data in {out_dir}")
-    rows = sorted(_read_records(path).values(), key=lambda r: r["index"])
-    return datasets.Dataset.from_list(rows)
+    return sorted(_read_records(path).values(), key=lambda r: r["index"])
+
+
+def load_distillation_data(out_dir) -> datasets.Dataset:
+    """The dataset in ``out_dir`` (rows in prompt order)."""
+    import datasets
+
+    return datasets.Dataset.from_list(read_distillation_rows(out_dir))
+
+
+def generate_distillation_data(target, tokenizer, prompts: list[str], out_dir, **kwargs) -> datasets.Dataset:
+    """:func:`generate_distillation_rows` (same arguments), returned as a ``datasets.Dataset``."""
+    generate_distillation_rows(target, tokenizer, prompts, out_dir, **kwargs)
+    return load_distillation_data(out_dir)
 
 
 @torch.inference_mode()
-def generate_distillation_data(target, tokenizer, prompts: list[str], out_dir, *, max_new_tokens: int,
+def generate_distillation_rows(target, tokenizer, prompts: list[str], out_dir, *, max_new_tokens: int,
                                temperature: float, top_p: float, batch_size: int, seed: int,
                                categories: list[str] | None = None, system: str | None = None,
                                topk: int = 0, progress: bool = True,
-                               on_batch: Callable[[int], None] | None = None) -> datasets.Dataset:
+                               on_batch: Callable[[int], None] | None = None,
+                               deadline: float | None = None) -> list[dict]:
     """Let ``target`` answer every prompt in its chat template; one row per prompt.
 
     Columns: ``index``, ``prompt``, ``category``, ``prompt_ids`` (the templated prompt),
     ``response`` (text), ``response_ids`` (the target's tokens, ending with the
     end-of-turn token when it finished), ``finish_reason`` ("stop" or "length").
     ``temperature = 0`` is greedy. ``on_batch(n_done)`` is called after each batch is
-    safely on disk.
+    safely on disk. ``deadline`` (a ``time.time()`` value) stops between batches once
+    passed and returns the rows done so far; calling again later finishes the rest.
 
     ``topk > 0`` also keeps, for every answer token, the target's ``topk`` most likely
     tokens and their log-probabilities at temperature 1 (from the logits generation
@@ -142,6 +161,8 @@ def generate_distillation_data(target, tokenizer, prompts: list[str], out_dir, *
     new_tokens, start = 0, time.perf_counter()
     device = next(target.parameters()).device
     for b, idx in todo:
+        if deadline is not None and time.time() > deadline:
+            break
         encoded = [generation_prefix_ids(tokenizer, prompts[i], system=system) for i in idx]
         width = max(len(e) for e in encoded)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
@@ -186,7 +207,7 @@ def generate_distillation_data(target, tokenizer, prompts: list[str], out_dir, *
         if on_batch is not None:
             on_batch(len(done))
     bar.close()
-    return load_distillation_data(out_dir)
+    return read_distillation_rows(out_dir)
 
 
 def main(argv=None) -> None:

