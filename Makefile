@@ -6,7 +6,7 @@ PY      := $(VENV)/bin/python
 PROFILE ?= cpu
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup test book notebooks html bench clean
+.PHONY: setup test book notebooks html bench reference clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,13 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/speculative_vs_autoregressive.py
+
+# The reference drafter (data/drafts/): every stage, resumable; GPU minutes or CPU hours.
+# Pass STAGES=kd,finetune or BUDGET="--budget kd=600" to run part of it.
+STAGES ?=
+BUDGET ?=
+reference: setup
+	$(PY) -m draftalign.reference $(if $(STAGES),--stages $(STAGES)) $(BUDGET)
 
 clean:
 	rm -rf $(VENV) build book/_build

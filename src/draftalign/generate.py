@@ -29,6 +29,7 @@ import torch
 from tqdm.std import tqdm
 
 from .chat import generation_prefix_ids
+from .models import target_id
 
 if TYPE_CHECKING:  # datasets is imported when a Dataset is built, not with this module
     import datasets
@@ -138,7 +139,7 @@ def generate_distillation_rows(target, tokenizer, prompts: list[str], out_dir, *
         raise ValueError("need max_new_tokens >= 1, batch_size >= 1, temperature >= 0, 0 < top_p <= 1")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    settings = {"model": getattr(target, "draftalign_source", target.config._name_or_path),
+    settings = {"model": target_id(target),
                 "n_prompts": len(prompts), "prompts_sha256": _fingerprint(prompts),
                 "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
                 "batch_size": batch_size, "seed": seed, "system": system, "topk": topk}
@@ -207,7 +208,7 @@ def generate_distillation_rows(target, tokenizer, prompts: list[str], out_dir, *
         if on_batch is not None:
             on_batch(len(done))
     bar.close()
-    return read_distillation_rows(out_dir)
+    return read_distillation_rows(out_dir) if records_path.exists() else []
 
 
 def main(argv=None) -> None:

@@ -39,6 +39,7 @@ __all__ = [
     "layer_subset_draft",
     "projected_embeddings",
     "init_from_target",
+    "target_id",
     "cache_kwargs",
     "cache_dir",
     "default_device",
@@ -107,6 +108,16 @@ def load_target(name: str = DEFAULT_TARGET, *, device=None, dtype=None):
         except Exception as exc:
             errors.append(f"offline copy failed: {type(exc).__name__}: {_first_line(exc)}")
     raise RuntimeError(f"could not load target {name!r}:\n  " + "\n  ".join(errors))
+
+
+def target_id(model) -> str:
+    """Which target a model is, independent of where it sits on this machine: the hub id
+    (``hub:<id>``), the offline copy by name (``offline-gguf:<folder name>``: the same
+    weights wherever the cache lives), or the local folder it was loaded from. Artifact
+    specs record this, so a run moved to another machine is still recognised."""
+    source = getattr(model, "draftalign_source", None) or f"local:{model.config._name_or_path}"
+    kind, _, where = source.partition(":")
+    return f"offline-gguf:{Path(where).name}" if kind == "offline-gguf" else source
 
 
 def _first_line(exc: Exception) -> str:

@@ -23,7 +23,7 @@ from .corpus import pack_blocks, pretraining_texts, texts_digest
 from .data import load_hub_prompts, load_prompts
 from .distill import distill
 from .generate import generate_distillation_data, load_distillation_data, load_topk
-from .models import count_parameters, make_draft
+from .models import count_parameters, make_draft, target_id
 from .profiles import Profile, repo_root, runs_dir
 from .subvocab import load_draft, sub_vocab_draft, sub_vocabulary
 from .train import Batches, TrainConfig, history_of, train
@@ -61,7 +61,7 @@ def pretrained_draft(target, tokenizer, P: Profile, *, progress: bool = True):
     """
     folder = runs_dir(P) / "draft-pretrained"
     cfg = pretrain_config(P)
-    spec = {"stage": "pretrain", "target": getattr(target, "draftalign_source", target.name_or_path),
+    spec = {"stage": "pretrain", "target": target_id(target),
             "draft": draft_spec(P), "corpus": P.pretrain_corpus, "texts": P.pretrain_texts,
             "block": P.pretrain_block, "eval_blocks": P.pretrain_eval_blocks, "train": asdict(cfg)}
     if is_complete(folder, spec):
@@ -115,7 +115,7 @@ def distillation_data(target, tokenizer, P: Profile, *, progress: bool = True) -
     prompts = distill_prompts(P)
     kwargs = dict(max_new_tokens=P.distill_max_new_tokens, temperature=P.distill_temperature,
                   top_p=P.distill_top_p, batch_size=P.distill_batch, seed=P.seed, topk=P.distill_topk)
-    spec = {"stage": "distill-data", "target": getattr(target, "draftalign_source", target.name_or_path),
+    spec = {"stage": "distill-data", "target": target_id(target),
             "source": P.distill_source, "per_category": P.distill_per_category, **kwargs}
     if is_complete(folder, spec):
         return load_distillation_data(folder)

@@ -91,6 +91,11 @@ class Profile:
     ref_shard: int = 2048  # prompts per answer shard (a shard is final once the pool has grown past it)
     ref_sampled_temperature: float = 0.7  # the second answer per prompt (the first is greedy)
     ref_val_percent: int = 1  # prompts held out (by prompt) to choose between the losses
+    ref_kd_shards: int | None = None  # answer shards (greedy + sampled) the loss comparison trains on (None: all)
+    ref_finetune_steps: int = 0  # then: the best loss's draft trained on every answer (0: no such stage)
+    ref_finetune_batch: int = 8
+    ref_finetune_lr: float = 3e-4
+    ref_finetune_max_length: int = 384
     ref_gammas: tuple[int, ...] = (1, 2, 3, 4, 5, 6)
     ref_bench_prompts: int = 16  # prompts per wall-clock round
     ref_bench_rounds: int = 3
@@ -136,6 +141,7 @@ PROFILES["reference"] = Profile(
     eval_per_category=8, eval_max_new_tokens=128, eval_gamma=4,
     distill_topk=0, ref_self_instruct=24_000, ref_passages=2_000, ref_prompt_batch=2048,
     ref_answer_batch=1024, ref_answer_max_new_tokens=256, ref_bench_prompts=16, ref_bench_rounds=3,
+    ref_kd_shards=1, ref_finetune_steps=2_560,
     kd_data="reference", kd_target="online", kd_sub_vocab=None, kd_losses=("tvd++", "fkl"),
     kd_steps=1_000, kd_batch=64, kd_lr=1e-3, kd_warmup=50, kd_max_length=512, kd_eval_per_category=8,
 )

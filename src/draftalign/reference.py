@@ -14,6 +14,7 @@ prompt sets and the pretraining corpus; writes ``runs/reference/`` (or under
 | ``prompts`` | ``prompts/`` | built-in, passage and Magpie prompts, none overlapping the evaluation sets |
 | ``answers`` | ``answers-greedy/``, ``answers-sampled/`` | the target's answers (step 2), in shards |
 | ``kd`` | ``draft-<loss>/`` | KD fine-tuning with each loss at the same budget (step 3) |
+| ``finetune`` | ``draft-finetuned/`` | the best loss's draft trained on every answer (sequence-level KD) |
 | ``agreement`` | ``evaluation.json`` | greedy agreement on held-out answers; picks the best loss |
 | ``tau`` | ``tau.json`` | block efficiency for every gamma on the evaluation sets |
 | ``bench`` | ``bench-<device>.json`` | wall clock against plain decoding, interleaved rounds |
@@ -46,15 +47,15 @@ from .corpus import pretraining_texts, texts_digest
 from .distill import distill, kd_loss_fn
 from .evaluate import greedy_agreement, tau_table
 from .generate import generate_distillation_rows, read_distillation_rows
-from .models import count_parameters, init_from_target, load_target, make_draft
+from .models import count_parameters, init_from_target, load_target, make_draft, target_id
 from .profiles import Profile, get_profile, repo_root, runs_dir
 from .prompt_pool import build_prompt_pool
 from .provenance import versions
 from .train import Batches, TrainConfig, history_of, steps_for_budget, train
 
-__all__ = ["STAGES", "Run", "DRAFTER_NAME", "main"]
+__all__ = ["STAGES", "Run", "DRAFTER_NAME", "answer_ce", "main"]
 
-STAGES = ("corpus", "pretrain", "prompts", "answers", "kd", "agreement", "tau", "bench", "export")
+STAGES = ("corpus", "pretrain", "prompts", "answers", "kd", "finetune", "agreement", "tau", "bench", "export")
 DRAFTER_NAME = "smollm2-135m-instruct-drafter"
 
 
@@ -98,7 +99,7 @@ class Run:
 
     @property
     def target_name(self) -> str:
-        return getattr(self.target, "draftalign_source", self.P.target)
+        return target_id(self.target)
 
     def deadline(self, stage: str) -> float | None:
         """When a stage with a budget must stop: its budget from now; training stages plan
@@ -301,6 +302,7 @@ class Run:
                 if (folder / "records.jsonl").exists():
                     for r in read_distillation_rows(folder):
                         r["kind"] = kind
+                        r["shard"] = int(folder.name.split("-")[1])
                         r["prompt_key"] = hashlib.sha256(r["prompt"].encode("utf-8")).hexdigest()
                         rows.append(r)
         self._rows = rows
@@ -326,7 +328,10 @@ class Run:
         base, base_manifest = self.pretrain()
         if base_manifest is None:
             raise RuntimeError("the pretrained draft is not finished; run the pretrain stage first")
-        train_rows, val_rows = self.split(self.answer_rows())
+        rows = self.answer_rows()
+        if P.ref_kd_shards is not None:  # the comparison's data: the first shards only
+            rows = [r for r in rows if r["shard"] < P.ref_kd_shards]
+        train_rows, val_rows = self.split(rows)
         if not train_rows:
             raise RuntimeError("no distillation data; run the answers stage first")
         from .distill import distill_examples
@@ -364,11 +369,65 @@ class Run:
                                     "final_eval_top1": float(history.iloc[-1].get("eval_top1", float("nan")))})
         return self.load_draft(folder), read_manifest(folder)
 
+    def finetune(self):
+        """The best loss's draft trained further on every answer (all shards, greedy and
+        sampled) with cross-entropy on the target's tokens: sequence-level KD (Kim and Rush
+        2016), whose gradient is FKL's on sampled answers and pushes the draft's argmax
+        onto the target's on greedy ones. ``(draft, manifest)``."""
+        P, folder = self.P, self.root / "draft-finetuned"
+        if P.ref_finetune_steps < 1:
+            raise ValueError("the profile has ref_finetune_steps = 0: no finetune stage")
+        best = self.best_draft_name()
+        base = self.drafts()[best]
+        train_rows, val_rows = self.split(self.answer_rows())
+        from .distill import distill_examples
+
+        def config(steps):
+            return TrainConfig(max_steps=steps, batch_size=P.ref_finetune_batch, lr=P.ref_finetune_lr,
+                               warmup_steps=min(20, max(1, steps // 20)), eval_every=max(1, steps // 8),
+                               eval_batches=4, checkpoint_every=max(1, min(100, steps // 10)), seed=P.seed)
+
+        examples = Batches(distill_examples(train_rows, max_length=P.ref_finetune_max_length),
+                           pad_id=self.pad_id, seed=P.seed)
+        steps = self._plan("finetune", "finetune", P.ref_finetune_steps, lambda s: steps_for_budget(
+            self.load_draft(base), examples, config(1_000), s, loss_fn=answer_ce))
+        cfg = config(steps)
+        spec = {"stage": "finetune", "base": read_manifest(base)["spec"], "base_name": best,
+                "train_rows": len(train_rows), "val_rows": len(val_rows),
+                "max_length": P.ref_finetune_max_length, "loss": "answer cross-entropy", "train": asdict(cfg)}
+        if not is_complete(folder, spec):
+            if read_manifest(folder) is not None:
+                _clear(folder)
+            draft = self.load_draft(base)
+            val = [r for r in val_rows if r["kind"] == "greedy"
+                   and len(r["prompt_ids"]) < P.ref_finetune_max_length]
+            start = time.time()
+            history = train(draft, examples, cfg, folder, loss_fn=answer_ce,
+                            eval_data=Batches(distill_examples(val, max_length=P.ref_finetune_max_length),
+                                              pad_id=self.pad_id) if val else None,
+                            progress=self.progress, desc="fine-tuning", deadline=self.deadline("finetune"))
+            if len(history) < cfg.max_steps:
+                self.log(f"finetune: stopped at step {len(history)} of {cfg.max_steps}; rerun to finish")
+                return draft, None
+            self.tokenizer.save_pretrained(folder)
+            write_manifest(folder, spec, inputs={"answer_tokens_seen": int(history.tokens.sum()),
+                                                 "train_answer_tokens": sum(len(r["response_ids"]) for r in train_rows)},
+                           results={"train_seconds": float(history.seconds.sum()),
+                                    "wall_seconds_this_call": time.time() - start,
+                                    "final_eval_top1": float(history.iloc[-1].get("eval_top1", float("nan"))),
+                                    "hardware": versions()["hardware"]})
+        return self.load_draft(folder), read_manifest(folder)
+
     def drafts(self) -> dict[str, Path]:
-        """The finished drafts of this run by name (``pretrained``, then each loss)."""
+        """The finished drafts of this run by name (``pretrained``, each loss, ``finetuned``)."""
         names = {"pretrained": self.root / "draft-pretrained"}
         names.update({loss: self.root / f"draft-{loss}" for loss in self.P.kd_losses})
+        names["finetuned"] = self.root / "draft-finetuned"
         return {n: f for n, f in names.items() if read_manifest(f) is not None}
+
+    def shipped_draft_name(self) -> str:
+        """The draft the run ships: the fine-tuned one when that stage exists, else the best loss's."""
+        return "finetuned" if self.P.ref_finetune_steps > 0 else self.best_draft_name()
 
     # -- evaluation ----------------------------------------------------------------------
     def eval_answers(self, split: str) -> list[dict]:
@@ -434,8 +493,8 @@ class Run:
         if self.target.dtype != torch.float32:
             raise ValueError("tau is measured in fp32 (greedy exactness); pass --dtype float32")
         done = _read_json(path, {"entries": {}})
-        best = self.best_draft_name()
-        jobs = [(best, g) for g in P.ref_gammas] + [("pretrained", P.eval_gamma)]
+        best = self.shipped_draft_name()
+        jobs = [(best, g) for g in P.ref_gammas] + [(name, P.eval_gamma) for name in self.drafts() if name != best]
         for name, gamma in jobs:
             draft = self.load_draft(self.drafts()[name])
             for split in ("eval", "mt_bench"):
@@ -469,7 +528,7 @@ class Run:
         device = target.device.type
         dtype = str(target.dtype).replace("torch.", "")
         path = self.root / f"bench-{device}-{dtype}.json"
-        best = self.best_draft_name()
+        best = self.shipped_draft_name()
         draft = self.load_draft(self.drafts()[best], dtype=target.dtype)
         prompts = load_prompts("eval")[::2][: P.ref_bench_prompts // 2] + \
             load_prompts("mt_bench")[::2][: P.ref_bench_prompts - P.ref_bench_prompts // 2]
@@ -496,7 +555,7 @@ class Run:
         from .export import export_draft
         from .reference_card import drafter_card
 
-        best = self.best_draft_name()
+        best = self.shipped_draft_name()
         folder = self.drafts()[best]
         draft = self.load_draft(folder)
         out = out or repo_root() / "data" / "drafts" / DRAFTER_NAME
@@ -506,6 +565,21 @@ class Run:
                             manifest={"spec": {"stage": "export", "draft": best, **manifest["spec"]},
                                       "inputs": manifest["inputs"],
                                       "results": {**manifest["results"], "run": _run_record(self)}})
+
+
+def answer_ce(draft, batch: dict) -> tuple[torch.Tensor, dict]:
+    """Cross-entropy of the draft on the target's answer tokens (the output layer runs at
+    answer positions only); stats ``top1`` (greedy agreement) and ``tokens``."""
+    from .distill import answer_logits
+
+    ids, attn = batch["input_ids"], batch.get("attention_mask")
+    pos = batch["loss_mask"][:, 1:].bool()  # [B, T-1]
+    logits = answer_logits(draft, ids, attn, pos)[0]  # [n, V]
+    labels = ids[:, 1:][pos]  # [n]
+    loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+    with torch.no_grad():
+        top1 = (logits.argmax(-1) == labels).float().mean()
+    return loss, {"top1": float(top1), "tokens": float(pos.sum())}
 
 
 def _run_record(run: Run) -> dict:
@@ -585,8 +659,8 @@ def main(argv=None) -> None:
                     "export. Every stage resumes after a stop.",
         epilog="example: python -m draftalign.reference --stages pretrain --budget pretrain=600")
     ap.add_argument("--profile", default="reference", help="profile (default: reference)")
-    ap.add_argument("--stages", default=",".join(s for s in STAGES if s not in ("tau", "bench")),
-                    help=f"comma-separated, from {', '.join(STAGES)} (default: all but tau and bench)")
+    ap.add_argument("--stages", default=",".join(STAGES),
+                    help=f"comma-separated, from {', '.join(STAGES)} (default: all, in this order)")
     ap.add_argument("--budget", action="append", default=[], metavar="STAGE=SECONDS",
                     help="fit a stage into a time budget (repeatable)")
     ap.add_argument("--dtype", default=None, help="target dtype (default: fp32 on CPU, bf16 on CUDA)")

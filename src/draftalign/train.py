@@ -284,11 +284,12 @@ def history_of(out_dir) -> pd.DataFrame:
 
 
 def steps_for_budget(model, data: Batches, cfg: TrainConfig, seconds: float, *, loss_fn: Callable = lm_loss,
-                     probe: int = 3, margin: float = 0.92) -> int:
+                     probe: int = 4, warmup: int = 3, margin: float = 0.92) -> int:
     """How many optimizer steps of ``cfg`` fit in ``seconds`` on this machine: times
-    ``probe`` steps (after one warm-up step) on a copy of ``model`` with a throwaway
-    optimizer, and returns ``margin`` of the steps that fit (at least 1). ``model`` and the
-    random state are left as they were."""
+    ``probe`` steps (after ``warmup`` untimed ones: on a GPU the first steps pay for
+    allocation and kernel selection, and timing them made a run plan 4x too few steps) on
+    a copy of ``model`` with a throwaway optimizer, and returns ``margin`` of the steps
+    that fit (at least 1). ``model`` and the random state are left as they were."""
     import copy
 
     device = next(model.parameters()).device
@@ -308,9 +309,10 @@ def steps_for_budget(model, data: Batches, cfg: TrainConfig, seconds: float, *, 
             torch.cuda.synchronize(device)
 
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []):
-        one(0)
+        for i in range(warmup):
+            one(i)
         start = time.perf_counter()
-        for i in range(1, probe + 1):
+        for i in range(warmup, warmup + probe):
             one(i)
         step_s = (time.perf_counter() - start) / probe
     del probe_model, opt

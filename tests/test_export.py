@@ -1,0 +1,101 @@
+"""Exported drafts (:mod:`draftalign.export`): a standard Hugging Face folder over the
+target's full vocabulary, from a full-vocabulary draft or from a sub-vocabulary one.
+
+Checked: the folder loads with ``AutoModelForCausalLM``, carries the target's special ids,
+tokenizer files, a model card with the hub's YAML header and a manifest; a sub-vocabulary
+draft's export proposes the same greedy tokens on any context of target ids (inside or
+outside its kept tokens), gives the other tokens a vanishing probability, keeps speculative
+decoding exact, and works as transformers' ``assistant_model``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from draftalign.export import SUB_VOCAB_CARD_NOTE, export_draft, full_vocab_model, model_card
+from draftalign.models import offline_target_folder
+from draftalign.speculative import autoregressive_generate, speculative_generate
+from draftalign.subvocab import sub_vocab_draft
+
+VOCAB = 49152
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(offline_target_folder())
+
+
+def test_export_writes_a_folder_transformers_loads(tiny_llama, tokenizer, tmp_path):
+    draft = tiny_llama(vocab_size=VOCAB, hidden_size=8, num_layers=1, num_heads=1, eos_token_id=7,
+                       tie_embeddings=True)
+    card = model_card(title="T", base_model="org/target", body="Body.", datasets=("org/data",))
+    folder = export_draft(draft, tmp_path / "d", tokenizer=tokenizer, card=card, dtype=torch.bfloat16)
+    loaded = AutoModelForCausalLM.from_pretrained(folder)
+    assert loaded.dtype == torch.bfloat16 and loaded.config.vocab_size == VOCAB
+    assert (loaded.generation_config.eos_token_id, loaded.generation_config.pad_token_id) == (2, 2)
+    assert next(draft.parameters()).dtype == torch.float32  # the draft itself is unchanged
+    text = (folder / "README.md").read_text()
+    assert text.startswith("---\nbase_model: org/target\n") and "- org/data" in text and "# T" in text
+    assert json.loads((folder / "manifest.json").read_text())["results"]["dtype"] == "bfloat16"
+    assert (folder / "tokenizer.json").exists()
+
+
+def _sub_draft(tiny_llama, tie, vocab=40, hidden=16, heads=2):
+    draft = tiny_llama(vocab_size=vocab, hidden_size=hidden, num_layers=2, num_heads=heads, init_std=0.3,
+                       tie_embeddings=tie, seed=3, eos_token_id=3)
+    keep = torch.tensor([0, 1, 2, 3, 5, 8, 13, 21, 34, vocab - 1])
+    return sub_vocab_draft(draft, keep).eval(), keep
+
+
+@pytest.mark.parametrize("tie", [True, False])
+@pytest.mark.parametrize("heads", [1, 2, 4])
+def test_full_vocab_export_proposes_the_same_greedy_tokens(tiny_llama, tie, heads):
+    sub, keep = _sub_draft(tiny_llama, tie, heads=heads)
+    full = full_vocab_model(sub)
+    assert full.config.vocab_size == 40 and full.config.hidden_size % heads == 0
+    g = torch.Generator().manual_seed(heads)
+    ids = torch.randint(0, 40, (6, 25), generator=g)  # most ids lie outside the kept tokens
+    a, b = sub(input_ids=ids).logits, full(input_ids=ids).logits
+    assert torch.equal(a.argmax(-1), b.argmax(-1))
+    outside = torch.ones(40, dtype=torch.bool)
+    outside[keep] = False
+    assert b[..., outside].max() < -1000  # probability 0 in fp32
+    qa, qb = a.softmax(-1), b.softmax(-1)
+    assert 0.5 * (qa - qb).abs().sum(-1).max() < 1e-4  # and the kept tokens' distribution barely moves
+    assert full.generation_config.eos_token_id == 3
+
+
+def test_sub_vocab_export_keeps_speculative_decoding_exact(tiny_llama):
+    target = tiny_llama(vocab_size=40, hidden_size=16, num_layers=2, init_std=0.3, seed=8, eos_token_id=None)
+    sub, _ = _sub_draft(tiny_llama, True)
+    full = full_vocab_model(sub)
+    prompt = torch.tensor([[1, 5, 8, 13]])
+    plain = autoregressive_generate(target, prompt, max_new_tokens=20)
+    for draft in (sub, full):
+        spec = speculative_generate(target, draft, prompt, max_new_tokens=20, gamma=3)
+        assert spec.tokens == plain.tokens
+    a = speculative_generate(target, sub, prompt, max_new_tokens=20, gamma=3)
+    b = speculative_generate(target, full, prompt, max_new_tokens=20, gamma=3)
+    assert a.accepted == b.accepted  # the same proposals, block by block
+
+
+def test_sub_vocab_draft_exports_to_an_assistant_model(tiny_llama, tokenizer, tmp_path):
+    target = tiny_llama(vocab_size=VOCAB, hidden_size=16, num_layers=2, init_std=0.3, seed=8, eos_token_id=2,
+                        max_position_embeddings=128)
+    small = tiny_llama(vocab_size=VOCAB, hidden_size=8, num_layers=1, num_heads=2, init_std=0.3, seed=4,
+                       eos_token_id=2, tie_embeddings=True)
+    sub = sub_vocab_draft(small, torch.arange(0, 3000)).eval()
+    folder = export_draft(sub, tmp_path / "sub", tokenizer=tokenizer)
+    assert SUB_VOCAB_CARD_NOTE in (folder / "README.md").read_text()
+    loaded = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert loaded.config.vocab_size == VOCAB
+    ids = torch.tensor([[1, 504, 3575, 282, 4649, 314]])
+    plain = target.generate(ids, max_new_tokens=12, do_sample=False)
+    assisted = target.generate(ids, max_new_tokens=12, do_sample=False, assistant_model=loaded)
+    assert torch.equal(plain, assisted)
+    probe = torch.tensor([[1, 504, 30000, 282, 47000, 314]])  # ids outside the kept tokens too
+    assert torch.equal(sub(input_ids=probe).logits.argmax(-1), loaded(input_ids=probe).logits.argmax(-1))
