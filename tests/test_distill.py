@@ -285,9 +285,11 @@ def test_kd_loss_jsd_and_options_are_passed(tiny_llama):
     b = kd_loss_fn(target, "jsd", beta=0.8)(draft, batch)[0].item()
     assert a != pytest.approx(b, rel=1e-3)
     with pytest.raises(ValueError):
-        kd_loss_fn(target, "jsd", beta=1.0)(draft, batch)
+        kd_loss_fn(target, "jsd", beta=1.5)(draft, batch)
     with pytest.raises(ValueError):
         kd_loss_fn(target, "mse")
+    with pytest.raises(ValueError, match="normalise"):
+        kd_loss_fn(target, "tvd++", normalise="batch")  # misspelt: refused before any training
     # TVD++'s data estimator gets the answer tokens as labels
     loss = kd_loss_fn(target, "tvd++", estimator="data", normalize="none", baseline=False)(draft, batch)[0]
     loss.backward()

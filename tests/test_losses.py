@@ -270,11 +270,44 @@ def test_jsd_symmetric_at_half_and_bounded_by_log2():
     assert (jsd(d, t, beta=0.2) - jsd(t, d, beta=0.2)).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("beta", [0.0, 1.0, -0.1, 1.5])
+@pytest.mark.parametrize("beta", [-0.1, 1.5])
 def test_jsd_beta_outside_unit_interval_raises(beta):
     d, t = _pair()
     with pytest.raises(ValueError):
         jsd(d, t, beta=beta)
+
+
+def test_jsd_endpoints_are_the_limits_fkl_and_rkl():
+    d, t = _pair(B=2, T=3, V=9, seed=5, scale=2.0)
+    torch.testing.assert_close(jsd(d, t, beta=0.0), fkl(d, t))
+    torch.testing.assert_close(jsd(d, t, beta=1.0), rkl(d, t))
+    # the scaled divergence approaches them: JSD / beta -> FKL, JSD / (1 - beta) -> RKL (fast
+    # where p / q stays moderate: the expansion is in beta * p / q)
+    d, t = _pair(B=2, T=3, V=9, seed=5, scale=0.5)
+
+    def gap(beta, end):
+        scaled = jsd(d, t, beta=beta) / (beta if end == 0 else 1 - beta)
+        limit = fkl(d, t) if end == 0 else rkl(d, t)
+        return float(((scaled - limit).abs() / limit).max())
+
+    for end, betas in ((0, (0.1, 0.01, 0.001)), (1, (0.9, 0.99, 0.999))):
+        gaps = [gap(b, end) for b in betas]
+        assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 0.02, gaps
+
+
+@pytest.mark.parametrize("name,options", [("tvd++", {"normalise": "batch"}), ("fkl", {"beta": 0.5}),
+                                          ("jsd", {"betta": 0.1})])
+def test_unknown_loss_options_raise(name, options):
+    from draftalign.distill import kd_loss_fn
+    from draftalign.losses import check_options
+
+    with pytest.raises(ValueError, match="takes no option"):
+        check_options(name, options)
+    with pytest.raises(ValueError, match="takes no option"):
+        kd_loss_fn(None, name, **options)
+    d, t = _pair()
+    with pytest.raises(TypeError):
+        get_loss(name)(d, t, **options)
 
 
 def test_tvd_gradient_closed_form():

@@ -14,7 +14,25 @@ from pathlib import Path
 
 from .provenance import versions
 
-__all__ = ["read_manifest", "write_manifest", "is_complete"]
+__all__ = ["read_manifest", "write_manifest", "is_complete", "SettingsMismatch", "CorruptFile"]
+
+
+class SettingsMismatch(ValueError):
+    """A folder holds (part of) a run made with other settings: resuming would mix the two.
+    ``folder`` is that folder; delete it or choose another to start afresh."""
+
+    def __init__(self, message: str, folder):
+        super().__init__(message)
+        self.folder = Path(folder)
+
+
+class CorruptFile(ValueError):
+    """A file a stage wrote cannot be read back (torn, truncated, zero-filled, edited):
+    the message names it and says what to do."""
+
+    def __init__(self, message: str, path):
+        super().__init__(message)
+        self.path = Path(path)
 
 MANIFEST = "manifest.json"
 

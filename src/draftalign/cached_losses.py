@@ -124,7 +124,7 @@ class _CachedLoss(torch.autograd.Function):
 
 
 def cached_loss(name: str, draft_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor, *,
-                normalize: str = "position", baseline: bool = True, eps: float = 1e-6, **options):
+                normalize: str = "position", baseline: bool = True, eps: float = 1e-6, estimator: str = "exact"):
     """Per-row loss ``[n]`` and per-row TVD ``[n]`` (no gradient) of draft logits ``[n, V]``
     against the cached target top-k (``ids [n, k]``, ``logprobs [n, k]``).
 
@@ -135,7 +135,6 @@ def cached_loss(name: str, draft_logits: torch.Tensor, topk_ids: torch.Tensor, t
     """
     if name not in CACHED_LOSSES:
         raise ValueError(f"no cached form of loss {name!r}; cached losses: {list(CACHED_LOSSES)}")
-    estimator = options.pop("estimator", "exact")
     if estimator != "exact":
         raise ValueError(f"the cached tvd++ supports only estimator='exact', got {estimator!r}")
     if normalize not in ("position", "batch", "none"):

@@ -20,7 +20,7 @@ import torch
 
 from .cached_losses import CACHED_LOSSES, cached_loss
 from .chat import distill_example
-from .losses import get_loss
+from .losses import check_options, get_loss
 from .subvocab import SubVocabDraft
 from .train import Batches, TrainConfig, train
 
@@ -137,6 +137,7 @@ def kd_loss_fn(target, loss: str, **options):
     likely next tokens agree: the greedy acceptance).
     """
     fn = get_loss(loss)
+    check_options(loss, options)
     closed_form = loss in CACHED_LOSSES and options.get("estimator", "exact") == "exact"
 
     def loss_fn(draft, batch):

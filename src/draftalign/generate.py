@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.std import tqdm
 
+from .artifacts import CorruptFile, SettingsMismatch
 from .chat import generation_prefix_ids
 from .models import target_id
 
@@ -46,19 +48,38 @@ def _fingerprint(prompts: list[str]) -> str:
 
 
 def _read_records(path: Path) -> dict[int, dict]:
-    """Complete records by index; a torn last line (a kill mid-write) is cut off the file."""
+    """Complete records by index.
+
+    A torn last line (a kill mid-write, or such a line saved with a newline by an editor)
+    is cut off the file with a warning: its prompts are answered again. A line that is not
+    a record anywhere else raises :class:`CorruptFile` naming the file and the line: that
+    is not what an interrupted run leaves, so nothing is dropped without asking.
+    """
     if not path.exists():
         return {}
     raw = path.read_bytes()
     keep = raw[: raw.rfind(b"\n") + 1]  # everything up to the last complete line
-    if len(keep) != len(raw):
-        with open(path, "r+b") as f:
-            f.truncate(len(keep))
-    records = {}
-    for line in keep.decode("utf-8").splitlines():
-        if line.strip():
-            rec = json.loads(line)
+    lines = keep.decode("utf-8", errors="replace").split("\n")[:-1] if keep else []
+    records, good_bytes = {}, 0
+    for number, line in enumerate(lines, 1):
+        try:
+            rec = json.loads(line) if line.strip() else None
+            if rec is not None and not isinstance(rec.get("index"), int):
+                raise ValueError("no integer 'index'")
+        except ValueError as exc:
+            if number == len(lines):  # the last line: torn by a kill, then saved
+                break
+            raise CorruptFile(f"{path}, line {number} is not a record ({exc}); it was not written by an "
+                              f"interrupted run. Delete that line (its prompt is then answered again) "
+                              f"or the whole folder.", path) from None
+        if rec is not None:
             records.setdefault(rec["index"], rec)
+        good_bytes += len(line.encode("utf-8", errors="replace")) + 1
+    if good_bytes != len(raw):
+        warnings.warn(f"{path}: dropped a torn last line ({len(raw) - good_bytes} bytes); its prompts are "
+                      f"answered again", stacklevel=3)
+        with open(path, "r+b") as f:
+            f.truncate(good_bytes)
     return records
 
 
@@ -144,14 +165,22 @@ def generate_distillation_rows(target, tokenizer, prompts: list[str], out_dir, *
                 "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
                 "batch_size": batch_size, "seed": seed, "system": system, "topk": topk}
     settings_path = out_dir / _SETTINGS
+    records_path = out_dir / _RECORDS
     if settings_path.exists():
-        old = json.loads(settings_path.read_text())
+        try:
+            old = json.loads(settings_path.read_text())
+        except ValueError:
+            raise CorruptFile(f"{settings_path} is not JSON: the settings of the answers in {out_dir} are "
+                              f"unknown; delete the folder to start afresh", settings_path) from None
         if old != settings:
             diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
-            raise ValueError(f"{out_dir} holds a run with other settings {diff}; use another out_dir")
+            raise SettingsMismatch(f"{out_dir} holds a run with other settings {diff}; use another out_dir "
+                                   f"or delete it", out_dir)
+    elif records_path.exists() and records_path.stat().st_size:
+        raise SettingsMismatch(f"{out_dir} holds answers but no {_SETTINGS}: how they were made is unknown, "
+                               f"so they cannot be reused; restore {_SETTINGS} or delete the folder", out_dir)
     else:
         settings_path.write_text(json.dumps(settings, indent=2))
-    records_path = out_dir / _RECORDS
     done = _read_records(records_path)
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos

@@ -2,7 +2,8 @@
 distributions, per position.
 
 Reads logits ``[B, T, V]``; writes nothing. Every registered loss has the signature
-``loss(draft_logits, target_logits, mask=None, **options) -> [B, T]``: ``p`` comes from the
+``loss(draft_logits, target_logits, mask=None, *, labels=None, **options) -> [B, T]`` (``labels``
+``[B, T]``: the next token in the data, which only some estimators read): ``p`` comes from the
 target's logits, ``q`` from the draft's, masked positions (``mask == 0``) are exactly 0,
 and gradients flow into the draft's logits only. Chapter 4 derives them (equations
 ``fkl``, ``rkl``, ``tvd``, ``tvd-grad``, ``tvdpp``) and trains a draft with each.
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["fkl", "rkl", "tvd", "jsd", "tvdpp", "LOSSES", "get_loss",
+__all__ = ["fkl", "rkl", "tvd", "jsd", "tvdpp", "LOSSES", "get_loss", "check_options",
            "reference_fkl", "reference_rkl", "reference_tvd"]
 
 CHUNK = 512  # positions per chunk
@@ -85,28 +86,37 @@ def _tvd_rows(d, t):
     return 0.5 * (F.softmax(d.float(), -1) - F.softmax(t.float(), -1)).abs().sum(-1)
 
 
-def fkl(draft_logits, target_logits, mask=None, **_) -> torch.Tensor:
+def fkl(draft_logits, target_logits, mask=None, *, labels=None) -> torch.Tensor:
     """Forward KL, ``KL(p || q) = sum_x p log(p / q)`` (eq. ``fkl``): cross-entropy against
     the target's distribution minus its entropy; mass-covering."""
     return _per_position(_fkl_rows, draft_logits, target_logits, mask)
 
 
-def rkl(draft_logits, target_logits, mask=None, **_) -> torch.Tensor:
+def rkl(draft_logits, target_logits, mask=None, *, labels=None) -> torch.Tensor:
     """Reverse KL, ``KL(q || p) = sum_x q log(q / p)`` (eq. ``rkl``); mode-seeking."""
     return _per_position(_rkl_rows, draft_logits, target_logits, mask)
 
 
-def tvd(draft_logits, target_logits, mask=None, **_) -> torch.Tensor:
+def tvd(draft_logits, target_logits, mask=None, *, labels=None) -> torch.Tensor:
     """Total variation distance ``(1/2) sum_x |p - q| = 1 - sum_x min(p, q)`` (eq. ``tvd``):
     one minus the probability that speculative sampling accepts the draft's token."""
     return _per_position(_tvd_rows, draft_logits, target_logits, mask)
 
 
-def jsd(draft_logits, target_logits, mask=None, *, beta: float = 0.5, **_) -> torch.Tensor:
+def jsd(draft_logits, target_logits, mask=None, *, beta: float = 0.5, labels=None) -> torch.Tensor:
     """Generalised Jensen-Shannon divergence ``beta KL(p || m) + (1 - beta) KL(q || m)``,
-    ``m = beta p + (1 - beta) q`` (as in DistillSpec / GKD); ``beta`` in (0, 1)."""
-    if not 0.0 < beta < 1.0:
-        raise ValueError(f"beta must lie in (0, 1), got {beta!r}")
+    ``m = beta p + (1 - beta) q`` (as in DistillSpec / GKD), ``beta`` in [0, 1].
+
+    At the endpoints the divergence itself vanishes (``m`` becomes ``q`` or ``p``); what
+    tends to a limit is ``JSD / beta -> KL(p || q)`` and ``JSD / (1 - beta) -> KL(q || p)``,
+    so, as is usual (GKD, TRL), ``beta = 0`` gives FKL and ``beta = 1`` gives RKL.
+    """
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must lie in [0, 1], got {beta!r}")
+    if beta == 0.0:
+        return fkl(draft_logits, target_logits, mask)
+    if beta == 1.0:
+        return rkl(draft_logits, target_logits, mask)
 
     def rows(d, t):
         logq, logp = F.log_softmax(d.float(), -1), F.log_softmax(t.float(), -1)
@@ -121,7 +131,7 @@ def jsd(draft_logits, target_logits, mask=None, *, beta: float = 0.5, **_) -> to
 
 def tvdpp(draft_logits, target_logits, mask=None, *, estimator: str = "exact", normalize: str = "position",
           baseline: bool = True, num_samples: int = 4, labels=None, eps: float = 1e-6,
-          generator: torch.Generator | None = None, **_) -> torch.Tensor:
+          generator: torch.Generator | None = None) -> torch.Tensor:
     """TVD++: TVD's policy gradient with a baseline and a normalised advantage (eq. ``tvdpp``).
 
     The gradient of TVD is ``-E_{x~q}[r(x) grad log q(x)]`` with reward
@@ -239,6 +249,19 @@ def get_loss(name: str):
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; registered: {sorted(LOSSES)}")
     return LOSSES[name]
+
+
+def check_options(name: str, options: dict) -> None:
+    """Raise ``ValueError`` naming any option the loss ``name`` does not take (a misspelt
+    ``normalise="batch"`` must not be ignored)."""
+    import inspect
+
+    params = inspect.signature(get_loss(name)).parameters
+    allowed = sorted(k for k, p in params.items() if p.kind == p.KEYWORD_ONLY and k != "labels")
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"loss {name!r} takes no option {', '.join(map(repr, unknown))}; its options: "
+                         f"{', '.join(allowed) or 'none'}")
 
 
 # -- plain reference versions (full [B, T, V] tensors, no chunking) ----------------------

@@ -88,7 +88,13 @@ def load_target(name: str = DEFAULT_TARGET, *, device=None, dtype=None):
     errors = []
     local = Path(name).expanduser()
     if local.is_dir():
+        if not (local / "config.json").exists():
+            raise FileNotFoundError(f"{local} is a folder but holds no config.json: not a Hugging Face model "
+                                    f"folder (give a hub id such as {DEFAULT_TARGET!r}, or a folder written "
+                                    f"by save_pretrained)")
         return _from_folder(local, device, dtype, source=str(local))
+    if _looks_like_path(name):
+        raise FileNotFoundError(f"no such folder: {local} (a hub id looks like 'org/name')")
     online = hub_reachable()
     try:
         # Offline, only the local Hugging Face cache is tried (no slow retries).
@@ -118,6 +124,12 @@ def target_id(model) -> str:
     source = getattr(model, "draftalign_source", None) or f"local:{model.config._name_or_path}"
     kind, _, where = source.partition(":")
     return f"offline-gguf:{Path(where).name}" if kind == "offline-gguf" else source
+
+
+def _looks_like_path(name: str) -> bool:
+    """A local path rather than a hub id (``org/name``): absolute, relative with ``.`` or
+    ``~``, or with more than one ``/``."""
+    return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or name in (".", "..")
 
 
 def _first_line(exc: Exception) -> str:

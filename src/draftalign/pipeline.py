@@ -23,7 +23,7 @@ from .corpus import pack_blocks, pretraining_texts, texts_digest
 from .data import load_hub_prompts, load_prompts
 from .distill import distill
 from .generate import generate_distillation_data, load_distillation_data, load_topk
-from .models import count_parameters, make_draft, target_id
+from .models import count_parameters, make_draft, target_id, vocab_size
 from .profiles import Profile, repo_root, runs_dir
 from .subvocab import load_draft, sub_vocab_draft, sub_vocabulary
 from .train import Batches, TrainConfig, history_of, train
@@ -50,7 +50,7 @@ def pretrain_config(P: Profile) -> TrainConfig:
 
 def _load_draft(folder, target):
     param = next(target.parameters())
-    return load_draft(folder, dtype=param.dtype, device=param.device).eval()
+    return load_draft(folder, dtype=param.dtype, device=param.device, vocab_size=vocab_size(target)).eval()
 
 
 def pretrained_draft(target, tokenizer, P: Profile, *, progress: bool = True):

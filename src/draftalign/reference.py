@@ -138,9 +138,10 @@ class Run:
         return draft
 
     def load_draft(self, folder, dtype=torch.float32):
-        from transformers import AutoModelForCausalLM
+        from .models import vocab_size
+        from .subvocab import load_draft
 
-        return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(self.target.device).eval()
+        return load_draft(folder, dtype=dtype, device=self.target.device, vocab_size=vocab_size(self.target)).eval()
 
     # -- step 1: pretraining -------------------------------------------------------------
     def corpus(self):

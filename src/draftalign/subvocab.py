@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM
 
 from .models import cache_kwargs, vocab_size
@@ -169,13 +170,43 @@ def sub_vocab_draft(draft, keep: torch.Tensor) -> SubVocabDraft:
     return SubVocabDraft(inner, keep, V).to(param.device).train(draft.training)
 
 
-def load_draft(folder, *, dtype=None, device=None):
+def load_draft(folder, *, dtype=None, device=None, vocab_size: int | None = None):
     """A draft from a folder written by ``save_pretrained``: a :class:`SubVocabDraft` when
-    the folder has ``sub_vocab.json``, the plain Hugging Face model otherwise."""
+    the folder has ``sub_vocab.json``, the plain Hugging Face model otherwise.
+
+    ``vocab_size``: the target's; a plain folder over another vocabulary is refused (its
+    ids would be read as the target's). Faults get an error naming the folder and what to
+    do: no such folder, no ``config.json``, unreadable weights, a ``sub_vocab.json`` that
+    does not fit the model.
+    """
+    from .artifacts import CorruptFile
+
     folder = Path(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, **({"dtype": dtype} if dtype is not None else {}))
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no draft folder {folder}")
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"{folder} has no config.json: it is not a model folder (drafts are written "
+                                f"by save_pretrained or draftalign.export.export_draft)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, **({"dtype": dtype} if dtype is not None else {}))
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        weights = sorted(p.name for p in folder.glob("*.safetensors")) or ["(no weights file)"]
+        raise CorruptFile(f"could not load the draft in {folder} ({', '.join(weights)}): {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}. The weights are missing, truncated "
+                          f"or not this config's; export or train the draft again.", folder) from exc
     path = folder / SUB_VOCAB_FILE
     if path.exists():
-        meta = json.loads(path.read_text())
-        model = SubVocabDraft(model, torch.tensor(meta["keep"], dtype=torch.long), meta["full_vocab_size"])
+        try:
+            meta = json.loads(path.read_text())
+            model = SubVocabDraft(model, torch.tensor(meta["keep"], dtype=torch.long), meta["full_vocab_size"])
+        except (ValueError, KeyError) as exc:
+            raise CorruptFile(f"{path} does not fit the model in {folder}: {exc}", path) from exc
+    if vocab_size is not None and _vocab(model) != vocab_size:
+        hint = (" (a sub-vocabulary draft whose sub_vocab.json is missing?)" if _vocab(model) < vocab_size else "")
+        raise ValueError(f"the draft in {folder} is over {_vocab(model)} ids, the target's vocabulary over "
+                         f"{vocab_size}{hint}: its ids would be misread")
     return model.to(device) if device is not None else model
+
+
+def _vocab(model) -> int:
+    return vocab_size(model)

@@ -18,6 +18,7 @@ import math
 import random
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -175,8 +176,12 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+_COMPLETE = "complete"  # written last into a checkpoint folder
+
+
 def _save_checkpoint(folder: Path, model, opt, sched, step: int, history: list, cfg) -> None:
-    """Write to a temporary folder, then swap it in: a crash never leaves half a checkpoint."""
+    """Write to a temporary folder, then swap it in: a crash never leaves half a checkpoint
+    (and :func:`_load_checkpoint` repairs a crash between the two renames)."""
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -184,12 +189,57 @@ def _save_checkpoint(folder: Path, model, opt, sched, step: int, history: list, 
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "step": step, "rng": _rng_state(), "config": asdict(cfg)}, tmp / "state.pt")
     pd.DataFrame(history).to_csv(tmp / "history.csv", index=False)
+    (tmp / _COMPLETE).write_text(str(step))
     old = folder.with_name(folder.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
     if folder.exists():
         folder.rename(old)
     tmp.rename(folder)
-    if old.exists():
-        shutil.rmtree(old)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_state(folder: Path):
+    """The checkpoint in ``folder`` (state and history rows), or the reason it is unreadable."""
+    try:
+        state = torch.load(folder / "state.pt", weights_only=False, map_location="cpu")
+        if not isinstance(state, dict) or not {"model", "optimizer", "step", "config"} <= state.keys():
+            raise ValueError("not a training checkpoint")
+        history = pd.read_csv(folder / "history.csv").to_dict("records") if state["step"] else []
+        return state, history, None
+    except Exception as exc:  # truncated, zero-filled, edited: torch raises many kinds
+        return None, None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def _load_checkpoint(folder: Path):
+    """``(state, history)`` of the checkpoint in ``folder``, or ``None`` when there is none.
+
+    Repairs what a crash can leave: the newest complete copy among ``folder``,
+    ``folder.tmp`` (a crash after the new copy was written, between the two renames) and
+    ``folder.old`` (the previous one) is used, with a warning when it is not ``folder``
+    itself. A checkpoint that exists but cannot be read, with no readable copy beside it,
+    raises :class:`draftalign.artifacts.CorruptFile` naming the file."""
+    from .artifacts import CorruptFile
+
+    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+    candidates = [c for c in (folder, tmp, old) if (c / "state.pt").exists() and (c != tmp or (c / _COMPLETE).exists())]
+    if not candidates:
+        return None
+    readable, found = [], []
+    for cand in candidates:
+        state, history, error = _read_state(cand)
+        if state is None:
+            found.append(f"{cand / 'state.pt'}: {error}")
+        else:
+            readable.append((state["step"], cand, state, history))
+    if readable:
+        _, cand, state, history = max(readable, key=lambda r: r[0])  # the newest readable copy
+        if cand != folder:
+            warnings.warn(f"training resumes from {cand} (step {state['step']})"
+                          + (f"; {found[0]}" if found else "; the last save was interrupted"), stacklevel=3)
+        return state, history
+    raise CorruptFile("no readable training checkpoint: " + "; ".join(found) + f". Delete {folder} to start "
+                      f"training again from step 0.", folder / "state.pt")
 
 
 def train(model, data: Batches, cfg: TrainConfig, out_dir, *, loss_fn: Callable = lm_loss,
@@ -214,19 +264,21 @@ def train(model, data: Batches, cfg: TrainConfig, out_dir, *, loss_fn: Callable 
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg) / cfg.lr)
     step, history = 0, []
-    if resume and (ckpt / "state.pt").exists():
-        # to the CPU first: the RNG states must stay CPU tensors; load_state_dict moves the
-        # weights and the optimizer's moments to the model's device
-        state = torch.load(ckpt / "state.pt", weights_only=False, map_location="cpu")
+    # loaded to the CPU first: the RNG states must stay CPU tensors; load_state_dict moves
+    # the weights and the optimizer's moments to the model's device
+    loaded = _load_checkpoint(ckpt) if resume else None
+    if loaded is not None:
+        from .artifacts import SettingsMismatch
+
+        state, history = loaded
         if state["config"] != asdict(cfg):
-            raise ValueError(f"{ckpt} was written with another config; delete it or pass resume=False\n"
-                             f"  checkpoint: {state['config']}\n  now:        {asdict(cfg)}")
+            raise SettingsMismatch(f"{ckpt} was written with another config; delete it or pass resume=False\n"
+                                   f"  checkpoint: {state['config']}\n  now:        {asdict(cfg)}", ckpt)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step = state["step"]
         _set_rng_state(state["rng"])
-        history = pd.read_csv(ckpt / "history.csv").to_dict("records") if step else []
     else:
         torch.manual_seed(cfg.seed)
     model.train()
