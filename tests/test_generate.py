@@ -168,7 +168,8 @@ def test_torn_last_line_is_dropped_and_answered_again(target, tokenizer, referen
     (tmp_path / "records.jsonl").write_text("".join(x + "\n" for x in lines[:complete_lines]) + torn,
                                             encoding="utf-8")
 
-    partial = load_distillation_data(tmp_path)
+    with pytest.warns(UserWarning, match="dropped a torn last line"):
+        partial = load_distillation_data(tmp_path)
     assert partial["index"] == list(range(complete_lines))
     assert _rows(partial) == _rows(ref)[:complete_lines]
 

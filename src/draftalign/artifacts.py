@@ -9,12 +9,14 @@ whose manifest spec equals the one it would build, and rebuilds it otherwise.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 from .provenance import versions
 
-__all__ = ["read_manifest", "write_manifest", "is_complete", "SettingsMismatch", "CorruptFile"]
+__all__ = ["read_manifest", "write_manifest", "is_complete", "SettingsMismatch", "CorruptFile",
+           "clear_finished", "resume_or_restart"]
 
 
 class SettingsMismatch(ValueError):
@@ -58,3 +60,21 @@ def is_complete(folder, spec: dict) -> bool:
     """Whether ``folder`` holds a finished artifact built with exactly ``spec``."""
     manifest = read_manifest(folder)
     return manifest is not None and manifest["spec"] == json.loads(json.dumps(spec, default=str))
+
+
+def clear_finished(folder) -> None:
+    """A finished artifact (it has a manifest) that the caller is about to rebuild because
+    its spec differs: removed, so the stage starts afresh."""
+    if read_manifest(folder) is not None:
+        shutil.rmtree(folder)
+
+
+def resume_or_restart(run):
+    """``run()``, which resumes the partial work it finds (a training checkpoint, answers
+    on disk); when that work was done with other settings it raises
+    :class:`SettingsMismatch`, and that folder is cleared for a fresh start."""
+    try:
+        return run()
+    except SettingsMismatch as exc:
+        shutil.rmtree(exc.folder)
+        return run()

@@ -18,7 +18,7 @@ from dataclasses import asdict
 import datasets
 import pandas as pd
 
-from .artifacts import is_complete, read_manifest, write_manifest
+from .artifacts import clear_finished, is_complete, read_manifest, resume_or_restart, write_manifest
 from .corpus import pack_blocks, pretraining_texts, texts_digest
 from .data import load_hub_prompts, load_prompts
 from .distill import distill
@@ -73,8 +73,7 @@ def pretrained_draft(target, tokenizer, P: Profile, *, progress: bool = True):
                          f"{P.pretrain_eval_blocks} held out for evaluation")
     # hold out the last blocks (the end of the stream) for evaluation
     eval_blocks, train_blocks = blocks[-P.pretrain_eval_blocks:], blocks[: -P.pretrain_eval_blocks]
-    if read_manifest(folder) is not None:  # a finished artifact with another spec: start afresh
-        shutil.rmtree(folder)
+    clear_finished(folder)
 
     def run():
         draft = make_profile_draft(target, P)
@@ -82,13 +81,7 @@ def pretrained_draft(target, tokenizer, P: Profile, *, progress: bool = True):
                         eval_data=Batches({"input_ids": eval_blocks}), progress=progress, desc="pretraining")
         return draft, history
 
-    try:
-        draft, history = run()  # resumes from a matching checkpoint
-    except ValueError as exc:
-        if "another config" not in str(exc):
-            raise
-        shutil.rmtree(folder / "checkpoint")  # a checkpoint of other settings
-        draft, history = run()
+    draft, history = resume_or_restart(run)
     tokenizer.save_pretrained(folder)
     last = history.iloc[-1]
     manifest = write_manifest(folder, spec, inputs={
@@ -119,20 +112,12 @@ def distillation_data(target, tokenizer, P: Profile, *, progress: bool = True) -
             "source": P.distill_source, "per_category": P.distill_per_category, **kwargs}
     if is_complete(folder, spec):
         return load_distillation_data(folder)
-    if read_manifest(folder) is not None:
-        shutil.rmtree(folder)
+    clear_finished(folder)
     texts, cats = [p["prompt"] for p in prompts], [p["category"] for p in prompts]
     had = set(load_distillation_data(folder)["index"]) if (folder / "records.jsonl").exists() else set()
     start = time.perf_counter()
-    try:
-        ds = generate_distillation_data(target, tokenizer, texts, folder, categories=cats,
-                                        progress=progress, **kwargs)
-    except ValueError as exc:
-        if "other settings" not in str(exc):
-            raise
-        shutil.rmtree(folder)
-        ds = generate_distillation_data(target, tokenizer, texts, folder, categories=cats,
-                                        progress=progress, **kwargs)
+    ds = resume_or_restart(lambda: generate_distillation_data(target, tokenizer, texts, folder, categories=cats,
+                                                               progress=progress, **kwargs))
     seconds = time.perf_counter() - start
     lengths = pd.Series([len(r) for r in ds["response_ids"]])
     new = sum(len(r["response_ids"]) for r in ds if r["index"] not in had)
@@ -180,8 +165,7 @@ def distilled_draft(target, tokenizer, P: Profile, loss: str, *, loss_options: d
             "train": asdict(cfg)}
     if is_complete(folder, spec):
         return _load_draft(folder, target), history_of(folder), read_manifest(folder)
-    if read_manifest(folder) is not None:
-        shutil.rmtree(folder)
+    clear_finished(folder)
     topk = load_topk(data_folder) if P.kd_target == "cached" else None
     if P.kd_target == "cached" and not topk:
         raise ValueError(f"{data_folder} has no cached top-k; set kd_target='online'")
@@ -200,13 +184,7 @@ def distilled_draft(target, tokenizer, P: Profile, loss: str, *, loss_options: d
                           topk=topk, progress=progress)
         return draft, history
 
-    try:
-        draft, history = run()
-    except ValueError as exc:
-        if "another config" not in str(exc):
-            raise
-        shutil.rmtree(folder / "checkpoint")
-        draft, history = run()
+    draft, history = resume_or_restart(run)
     tokenizer.save_pretrained(folder)
     last = history.iloc[-1]
     manifest = write_manifest(folder, spec, inputs={"train_rows": len(train_rows), "eval_rows": len(eval_rows),

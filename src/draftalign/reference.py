@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .artifacts import is_complete, read_manifest, write_manifest
+from .artifacts import clear_finished, is_complete, read_manifest, resume_or_restart, write_manifest
 from .corpus import pretraining_texts, texts_digest
 from .distill import distill, kd_loss_fn
 from .evaluate import greedy_agreement, tau_table
@@ -198,12 +198,12 @@ class Run:
                 "shape": [P.draft_hidden, P.draft_layers, P.draft_heads, P.draft_intermediate],
                 "init": P.draft_init, "block": P.pretrain_block, "train": asdict(cfg)}
         if not is_complete(folder, spec):
-            if read_manifest(folder) is not None:
-                _clear(folder)
+            clear_finished(folder)
             draft = self.fresh_draft()
             start = time.time()
-            history = train(draft, data, cfg, folder, eval_data=Batches({"input_ids": eval_blocks}),
-                            progress=self.progress, desc="pretraining", deadline=self.deadline("pretrain"))
+            history = resume_or_restart(lambda: train(
+                draft, data, cfg, folder, eval_data=Batches({"input_ids": eval_blocks}), progress=self.progress,
+                desc="pretraining", deadline=self.deadline("pretrain")))
             if len(history) < cfg.max_steps:
                 self.log(f"pretrain: stopped at step {len(history)} of {cfg.max_steps} (budget); rerun to finish")
                 return draft, None
@@ -230,8 +230,7 @@ class Run:
         if is_complete(folder, spec):
             self._pool = [json.loads(line) for line in (folder / "pool.jsonl").read_text().splitlines()]
             return self._pool
-        if read_manifest(folder) is not None:
-            _clear(folder)
+        clear_finished(folder)
         _, passages = self.corpus()
         start = time.time()
         pool = build_prompt_pool(self.target, self.tokenizer, folder, n_self_instruct=P.ref_self_instruct,
@@ -275,14 +274,14 @@ class Run:
                     "prompts_sha256": _digest([p["prompt"] for p in prompts])}
             if is_complete(folder, spec):
                 continue
-            if read_manifest(folder) is not None or _settings_differ(folder, len(prompts)):
-                _clear(folder)  # the last shard of a pool that has grown since
+            clear_finished(folder)
             start = time.time()
-            ds = generate_distillation_rows(
+            # a partial last shard of a pool that has grown since has other settings: restarted
+            ds = resume_or_restart(lambda: generate_distillation_rows(
                 self.target, self.tokenizer, [p["prompt"] for p in prompts], folder,
                 categories=[p["category"] for p in prompts], max_new_tokens=P.ref_answer_max_new_tokens,
                 temperature=temp, top_p=1.0 if temp == 0 else 0.95, batch_size=P.ref_answer_batch,
-                seed=P.seed + k, progress=self.progress, deadline=deadline)
+                seed=P.seed + k, progress=self.progress, deadline=deadline))
             tokens = sum(len(r["response_ids"]) for r in ds)
             self.log(f"{name}: {len(ds)} of {len(prompts)} answers, {tokens} tokens, "
                      f"{time.time() - start:.0f} s")
@@ -347,18 +346,17 @@ class Run:
                 "val_rows": len(val_rows), "max_length": P.kd_max_length, "target_logits": "online",
                 "train": asdict(cfg)}
         if not is_complete(folder, spec):
-            if read_manifest(folder) is not None:
-                _clear(folder)
+            clear_finished(folder)
             draft = self.load_draft(self.root / "draft-pretrained")
             val = [r for r in val_rows if r["kind"] == "greedy"
                    and len(r["prompt_ids"]) < P.kd_max_length][: 2 * P.kd_batch]
             start = time.time()
             for p in self.target.parameters():
                 p.requires_grad_(False)
-            history = train(draft, examples, cfg, folder, loss_fn=loss_fn,
-                            eval_data=Batches(distill_examples(val, max_length=P.kd_max_length),
-                                              pad_id=self.pad_id) if val else None,
-                            progress=self.progress, desc=f"distilling ({loss})", deadline=self.deadline("kd"))
+            eval_data = Batches(distill_examples(val, max_length=P.kd_max_length), pad_id=self.pad_id) if val else None
+            history = resume_or_restart(lambda: train(
+                draft, examples, cfg, folder, loss_fn=loss_fn, eval_data=eval_data, progress=self.progress,
+                desc=f"distilling ({loss})", deadline=self.deadline("kd")))
             if len(history) < cfg.max_steps:
                 self.log(f"kd {loss}: stopped at step {len(history)} of {cfg.max_steps} (budget); rerun to finish")
                 return draft, None
@@ -397,16 +395,16 @@ class Run:
                 "train_rows": len(train_rows), "val_rows": len(val_rows),
                 "max_length": P.ref_finetune_max_length, "loss": "answer cross-entropy", "train": asdict(cfg)}
         if not is_complete(folder, spec):
-            if read_manifest(folder) is not None:
-                _clear(folder)
+            clear_finished(folder)
             draft = self.load_draft(base)
             val = [r for r in val_rows if r["kind"] == "greedy"
                    and len(r["prompt_ids"]) < P.ref_finetune_max_length]
             start = time.time()
-            history = train(draft, examples, cfg, folder, loss_fn=answer_ce,
-                            eval_data=Batches(distill_examples(val, max_length=P.ref_finetune_max_length),
-                                              pad_id=self.pad_id) if val else None,
-                            progress=self.progress, desc="fine-tuning", deadline=self.deadline("finetune"))
+            eval_data = Batches(distill_examples(val, max_length=P.ref_finetune_max_length),
+                                pad_id=self.pad_id) if val else None
+            history = resume_or_restart(lambda: train(
+                draft, examples, cfg, folder, loss_fn=answer_ce, eval_data=eval_data, progress=self.progress,
+                desc="fine-tuning", deadline=self.deadline("finetune")))
             if len(history) < cfg.max_steps:
                 self.log(f"finetune: stopped at step {len(history)} of {cfg.max_steps}; rerun to finish")
                 return draft, None
@@ -440,12 +438,12 @@ class Run:
         spec = {"stage": "eval-answers", "split": split, "target": self.target_name,
                 "max_new_tokens": P.eval_max_new_tokens}
         if not is_complete(folder, spec):
-            if read_manifest(folder) is not None or _settings_differ(folder, len(prompts)):
-                _clear(folder)
-            generate_distillation_rows(self.target, self.tokenizer, [p["prompt"] for p in prompts], folder,
-                                       categories=[p["category"] for p in prompts], temperature=0.0, top_p=1.0,
-                                       max_new_tokens=P.eval_max_new_tokens, batch_size=min(96, len(prompts)),
-                                       seed=P.seed, progress=self.progress)
+            clear_finished(folder)
+            resume_or_restart(lambda: generate_distillation_rows(
+                self.target, self.tokenizer, [p["prompt"] for p in prompts], folder,
+                categories=[p["category"] for p in prompts], temperature=0.0, top_p=1.0,
+                max_new_tokens=P.eval_max_new_tokens, batch_size=min(96, len(prompts)), seed=P.seed,
+                progress=self.progress))
             write_manifest(folder, spec)
         rows = read_distillation_rows(folder)
         for r, p in zip(rows, prompts):
@@ -608,17 +606,6 @@ def _prose(text: str) -> bool:
 
 def _digest(texts: list[str]) -> str:
     return hashlib.sha256("\0".join(texts).encode("utf-8")).hexdigest()
-
-
-def _settings_differ(folder: Path, n_prompts: int) -> bool:
-    settings = _read_json(folder / "settings.json")
-    return settings is not None and settings.get("n_prompts") != n_prompts
-
-
-def _clear(folder: Path) -> None:
-    import shutil
-
-    shutil.rmtree(folder)
 
 
 def _profile_override(item: str) -> dict:
