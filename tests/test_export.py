@@ -99,3 +99,105 @@ def test_sub_vocab_draft_exports_to_an_assistant_model(tiny_llama, tokenizer, tm
     assert torch.equal(plain, assisted)
     probe = torch.tensor([[1, 504, 30000, 282, 47000, 314]])  # ids outside the kept tokens too
     assert torch.equal(sub(input_ids=probe).logits.argmax(-1), loaded(input_ids=probe).logits.argmax(-1))
+
+
+# -- compatibility with transformers, vLLM and llama.cpp ------------------------------------
+
+@pytest.fixture(scope="module")
+def pair(tiny_llama, tokenizer, tmp_path_factory):
+    """A target folder and a compatible draft folder over SmolLM2's tokenizer."""
+    root = tmp_path_factory.mktemp("pair")
+    target = tiny_llama(vocab_size=VOCAB, hidden_size=16, num_layers=2, eos_token_id=2, max_position_embeddings=64)
+    target.save_pretrained(root / "target")
+    tokenizer.save_pretrained(root / "target")
+    draft = tiny_llama(vocab_size=VOCAB, hidden_size=8, num_layers=1, eos_token_id=2, max_position_embeddings=64)
+    export_draft(draft, root / "draft", tokenizer=tokenizer)
+    return root / "target", root / "draft"
+
+
+def _broken(pair, tmp_path, *, config=None, tokenizer_json=None, tokenizer_config=None, generation=None):
+    """A copy of the draft folder with one thing changed."""
+    import shutil
+
+    _, draft = pair
+    folder = tmp_path / "broken"
+    shutil.copytree(draft, folder)
+    for name, change in (("config.json", config), ("tokenizer.json", tokenizer_json),
+                         ("tokenizer_config.json", tokenizer_config), ("generation_config.json", generation)):
+        if change is not None:
+            data = json.loads((folder / name).read_text())
+            change(data)
+            (folder / name).write_text(json.dumps(data))
+    return folder
+
+
+def test_an_exported_draft_is_compatible_everywhere(pair):
+    from draftalign.export import compatibility_report
+
+    report = compatibility_report(*pair)
+    assert report == {tool: {"ok": True, "reasons": []} for tool in ("transformers", "vllm", "llama_cpp")}
+
+
+def _set(key, value):
+    def change(d):
+        d[key] = value
+    return change
+
+
+@pytest.mark.parametrize("change,broken,match", [
+    (dict(config=_set("vocab_size", 4872)), {"transformers", "vllm"}, "vocab_size 4872"),
+    (dict(config=_set("max_position_embeddings", 32)), {"transformers", "vllm", "llama_cpp"}, "context"),
+    (dict(config=_set("model_type", "mamba")), {"transformers", "llama_cpp"}, "stateful"),
+    (dict(config=_set("architectures", ["FancyNewForCausalLM"])), {"vllm"}, "FancyNewForCausalLM"),
+    (dict(config=_set("model_type", "fancy_new")), {"transformers", "llama_cpp"}, "fancy_new"),
+    (dict(generation=_set("eos_token_id", 1)), {"llama_cpp"}, "EOS id"),
+    (dict(generation=_set("bos_token_id", 0)), {"llama_cpp"}, "BOS id"),
+    (dict(tokenizer_config=_set("add_bos_token", True)), {"llama_cpp"}, "add_bos_token"),
+])
+def test_each_rule_has_a_draft_that_breaks_it(pair, tmp_path, change, broken, match):
+    from draftalign.export import compatibility_report
+
+    report = compatibility_report(pair[0], _broken(pair, tmp_path, **change))
+    assert {tool for tool, r in report.items() if not r["ok"]} == broken
+    assert all(report[tool]["reasons"] for tool in broken)
+    assert any(match in reason for tool in broken for reason in report[tool]["reasons"]), report
+
+
+def test_llama_cpp_vocabulary_rules(pair, tmp_path):
+    from draftalign.export import compatibility_report
+
+    def retext(d):  # one token's text changed
+        vocab = d["model"]["vocab"]
+        token = next(t for t, i in vocab.items() if i == 300)
+        vocab["zz_" + token] = vocab.pop(token)
+
+    def shrink(d):  # 200 tokens fewer
+        d["model"]["vocab"] = {t: i for t, i in d["model"]["vocab"].items() if i < 48800}
+
+    def retype(d):
+        d["model"]["type"] = "Unigram"
+
+    for change, match in ((retext, "token texts differ"), (shrink, "differ by"), (retype, "vocabulary type")):
+        report = compatibility_report(pair[0], _broken(pair, tmp_path / match.replace(" ", "_"),
+                                                        tokenizer_json=change))
+        assert not report["llama_cpp"]["ok"] and report["transformers"]["ok"] and report["vllm"]["ok"]
+        assert any(match in r for r in report["llama_cpp"]["reasons"]), report["llama_cpp"]["reasons"]
+    # the first five ids are not compared (llama.cpp skips its special tokens there)
+    def early(d):
+        vocab = d["model"]["vocab"]
+        token = next(t for t, i in vocab.items() if i == 4)
+        vocab["zz_" + token] = vocab.pop(token)
+    assert compatibility_report(pair[0], _broken(pair, tmp_path / "early", tokenizer_json=early))["llama_cpp"]["ok"]
+
+
+def test_a_sub_vocabulary_folder_fails_where_users_hit_it(tiny_llama, tokenizer, pair, tmp_path):
+    from draftalign.export import compatibility_report
+
+    small = tiny_llama(vocab_size=VOCAB, hidden_size=8, num_layers=1, eos_token_id=2, max_position_embeddings=64)
+    sub = sub_vocab_draft(small, torch.arange(0, 500))
+    sub.save_pretrained(tmp_path / "internal")  # the training form: 501 rows
+    tokenizer.save_pretrained(tmp_path / "internal")
+    report = compatibility_report(pair[0], tmp_path / "internal")
+    assert not report["transformers"]["ok"] and not report["vllm"]["ok"]
+    exported = export_draft(sub, tmp_path / "exported", tokenizer=tokenizer)
+    assert all(r["ok"] for r in compatibility_report(pair[0], exported).values())

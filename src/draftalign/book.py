@@ -100,9 +100,11 @@ def main(argv=None) -> None:
     ap.add_argument("--only", nargs="*", help="run only notebooks whose name starts with these")
     ap.add_argument("--build", action="store_true", help="render the HTML afterwards")
     ap.add_argument("--no-run", action="store_true", help="skip execution (render what is there)")
+    ap.add_argument("--quiet", action="store_true", help="no per-cell progress bar while a notebook runs")
     args = ap.parse_args(argv)
     if not args.no_run:
-        run_notebooks(args.profile, only=args.only)
+        # papermill's bar advances cell by cell: a long chapter is never silent
+        run_notebooks(args.profile, only=args.only, progress=not args.quiet)
     if args.build:
         print(f"[book] rendered {build_html()}")
 
