@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -201,3 +202,48 @@ def test_a_sub_vocabulary_folder_fails_where_users_hit_it(tiny_llama, tokenizer,
     assert not report["transformers"]["ok"] and not report["vllm"]["ok"]
     exported = export_draft(sub, tmp_path / "exported", tokenizer=tokenizer)
     assert all(r["ok"] for r in compatibility_report(pair[0], exported).values())
+
+
+# -- GGUF for llama.cpp -----------------------------------------------------------------------
+
+def test_gguf_export_reads_back_with_transformers_loader(tiny_llama, tokenizer, tmp_path):
+    from draftalign.export import export_gguf
+
+    draft = tiny_llama(vocab_size=VOCAB, hidden_size=16, num_layers=2, num_heads=2, init_std=0.3,
+                       tie_embeddings=True, eos_token_id=2)
+    folder = export_draft(draft, tmp_path / "d", tokenizer=tokenizer)
+    out = export_gguf(folder, tmp_path / "d.gguf", tokenizer_pre="smollm")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=out.name, dtype=torch.float32).eval()
+    ids = torch.randint(0, VOCAB, (3, 24), generator=torch.Generator().manual_seed(0))
+    a, b = draft(input_ids=ids).logits, loaded(input_ids=ids).logits
+    assert torch.equal(a.argmax(-1), b.argmax(-1))
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # fp32 in the file: the same model
+    tok = AutoTokenizer.from_pretrained(tmp_path, gguf_file=out.name)
+    text = "Write a haiku about rain, please."
+    assert tok(text)["input_ids"] == tokenizer(text)["input_ids"]
+    assert (tok.eos_token_id, tok.bos_token_id) == (2, 1)
+
+
+def test_gguf_export_of_a_sub_vocabulary_draft_keeps_every_tensor(tiny_llama, tokenizer, tmp_path):
+    from gguf import GGUFReader
+    from safetensors.torch import load_file
+
+    from draftalign.export import export_gguf
+
+    small = tiny_llama(vocab_size=VOCAB, hidden_size=8, num_layers=2, num_heads=2, init_std=0.3, eos_token_id=2,
+                       tie_embeddings=True)
+    folder = export_draft(sub_vocab_draft(small, torch.arange(0, 3000)), tmp_path / "s", tokenizer=tokenizer)
+    out = export_gguf(folder, tmp_path / "s.gguf", dtype="f16")
+    reader = GGUFReader(str(out))
+    tensors = {t.name: t for t in reader.tensors}
+    state = load_file(folder / "model.safetensors")
+    # the MLP biases that give tokens outside the sub-vocabulary their -1e6 travel too: llama.cpp's
+    # Llama loader reads them (optional tensors); transformers' GGUF loader has no mlp_bias key
+    bias = np.asarray(tensors["blk.1.ffn_down.bias"].data)
+    np.testing.assert_array_equal(bias, state["model.layers.1.mlp.down_proj.bias"].float().numpy())
+    assert tensors["output.weight"].data.dtype == np.float16  # untied head, in f16 as asked
+    head = state["lm_head.weight"].float().numpy()
+    np.testing.assert_allclose(np.asarray(tensors["output.weight"].data, dtype=np.float32).reshape(head.shape),
+                               head.astype(np.float16).astype(np.float32))
+    fields = {k: f.contents() for k, f in reader.fields.items() if k.startswith("llama.")}
+    assert fields["llama.attention.key_length"] == 4 and fields["llama.embedding_length"] == 10

@@ -18,10 +18,12 @@ import torch
 
 from .artifacts import write_manifest
 from .compat import compatibility_report  # noqa: F401 (part of this module's API)
+from .gguf_export import export_gguf  # noqa: F401 (part of this module's API)
 from .models import count_parameters, vocab_size
 from .subvocab import SubVocabDraft
 
-__all__ = ["export_draft", "model_card", "full_vocab_model", "compatibility_report", "SUB_VOCAB_CARD_NOTE"]
+__all__ = ["export_draft", "export_gguf", "model_card", "full_vocab_model", "compatibility_report",
+           "SUB_VOCAB_CARD_NOTE"]
 
 # How a sub-vocabulary draft's exported distribution relates to the original's (for the card).
 SUB_VOCAB_CARD_NOTE = (
