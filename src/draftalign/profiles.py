@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .models import DEFAULT_TARGET
+DEFAULT_TARGET = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the embedded target (draftalign.models loads it)
 
 __all__ = ["Profile", "PROFILES", "get_profile", "repo_root", "runs_dir"]
 

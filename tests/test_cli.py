@@ -1,0 +1,136 @@
+"""The ``draftalign`` command: every argument checked before a model loads, ``--help`` with an
+example for each subcommand, and the whole path (pretrain, generate, distill, evaluate,
+export with GGUF, check, bench) end to end for a chat target other than the embedded one:
+a tiny randomly initialised Qwen2 model with SmolLM2's tokenizer, saved as a folder.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+from draftalign import cli
+from draftalign.models import offline_target_folder
+
+
+@pytest.fixture(scope="module")
+def qwen_target(tmp_path_factory):
+    """A tiny Qwen2 chat 'target' folder (random weights, real chat template and tokenizer)."""
+    folder = tmp_path_factory.mktemp("qwen")
+    tok = AutoTokenizer.from_pretrained(offline_target_folder())
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config)
+    with torch.no_grad():  # answers that end: make the end-of-turn token likely
+        model.lm_head.weight[2] += 0.5 * model.lm_head.weight.std()
+    model.generation_config.eos_token_id = 2
+    model.generation_config.pad_token_id = 2
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def prompt_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "mine.jsonl"
+    rows = [{"id": i, "category": c, "prompt": p} for i, (c, p) in enumerate([
+        ("qa", "Why is the sea salty?"), ("qa", "Name three planets."), ("writing", "Write one line about tea.")])]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# -- validation ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv,flag", [
+    (["distill", "--draft", "/no/such", "--data", "x", "--out", "y"], "--draft"),
+    (["generate", "--out", "o", "--samples", "0"], "--samples"),
+    (["generate", "--out", "o", "--top-p", "1.5"], "--top-p"),
+    (["generate", "--out", "o", "--temperature", "-1"], "--temperature"),
+    (["generate", "--out", "o", "--prompts", "nonsense"], "--prompts"),
+    (["bench", "--draft", "/no/such", "--gammas", "0"], "--draft"),
+    (["evaluate", "--draft", "/no/such"], "--draft"),
+    (["pretrain", "--out", "o", "--steps", "-3"], "--steps"),
+    (["pretrain", "--target", "/no/such/model", "--out", "o"], "--target"),
+])
+def test_bad_arguments_fail_before_anything_loads(monkeypatch, capsys, argv, flag):
+    def never(*_, **__):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr("draftalign.models.load_target", never)
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    assert f"argument {flag}" in capsys.readouterr().err
+
+
+def test_bad_gammas_and_losses_name_the_flag(tmp_path, capsys, qwen_target):
+    for argv, flag in ((["bench", "--draft", str(qwen_target), "--gammas", "0,2"], "--gammas"),
+                       (["distill", "--draft", str(qwen_target), "--data", str(tmp_path), "--out", "o",
+                         "--loss", "bogus"], "--data")):
+        with pytest.raises(SystemExit):
+            cli.main(argv)
+        assert f"argument {flag}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", list(cli.EXAMPLES))
+def test_every_subcommand_has_help_with_an_example(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main([command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "example:" in out and cli.EXAMPLES[command].split()[1] == command
+
+
+# -- end to end, for another chat model ----------------------------------------------------------------
+
+def test_the_whole_path_for_a_qwen2_target(qwen_target, prompt_file, tmp_path, capsys):
+    t = ["--target", str(qwen_target), "--threads", "1"]
+    assert cli.main(["pretrain", *t, "--out", str(tmp_path / "pre"), "--corpus", "stdlib", "--texts", "40",
+                     "--hidden", "16", "--layers", "1", "--heads", "2", "--intermediate", "32", "--block", "32",
+                     "--steps", "2", "--batch", "2", "--init", "target"]) == 0
+    assert cli.main(["generate", *t, "--out", str(tmp_path / "answers"), "--prompts", str(prompt_file),
+                     "--samples", "2", "--max-new-tokens", "8", "--temperature", "0.7", "--batch-size", "3",
+                     "--topk", "4"]) == 0
+    records = (tmp_path / "answers" / "records.jsonl").read_text().splitlines()
+    assert len(records) == 6
+    for cached in ([], ["--cached"]):
+        out = tmp_path / f"fkl{len(cached)}"
+        assert cli.main(["distill", *t, "--draft", str(tmp_path / "pre"), "--data", str(tmp_path / "answers"),
+                         "--out", str(out), "--loss", "fkl", "--steps", "2", "--batch", "2", *cached]) == 0
+        assert (out / "config.json").exists()
+    assert cli.main(["evaluate", *t, "--draft", str(tmp_path / "fkl0"), "--prompts", str(prompt_file),
+                     "--gamma", "2", "--max-new-tokens", "6"]) == 0
+    assert "all" in capsys.readouterr().out
+    assert cli.main(["export", *t, "--draft", str(tmp_path / "fkl0"), "--out", str(tmp_path / "hf"),
+                     "--gguf", str(tmp_path / "d.gguf"), "--bf16"]) == 0
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    assert loaded.config.vocab_size == 49152 and loaded.dtype == torch.bfloat16
+    assert (tmp_path / "d.gguf").stat().st_size > 0
+    assert cli.main(["check", *t, "--draft", str(tmp_path / "hf")]) == 0
+    out = capsys.readouterr().out
+    assert "transformers  ok" in out and "vllm          ok" in out
+    # transformers' assisted generation with the exported draft gives the target's greedy output
+    target = AutoModelForCausalLM.from_pretrained(qwen_target)
+    ids = torch.tensor([[1, 504, 3575, 282]])
+    plain = target.generate(ids, do_sample=False, max_new_tokens=8)
+    assisted = target.generate(ids, do_sample=False, max_new_tokens=8, assistant_model=loaded.float())
+    assert torch.equal(plain, assisted)
+    assert cli.main(["bench", *t, "--draft", str(tmp_path / "hf"), "--gammas", "1,2", "--prompts", str(prompt_file),
+                     "--n", "2", "--rounds", "1", "--max-new-tokens", "6", "--hf",
+                     "--json", str(tmp_path / "bench.json")]) == 0
+    record = json.loads((tmp_path / "bench.json").read_text())
+    methods = [r["method"] for r in record["table"]]
+    assert methods == ["plain", "gamma=1", "gamma=2", "hf assisted gamma=1", "hf assisted dynamic"]
+
+
+def test_check_reports_an_incompatible_draft(qwen_target, tmp_path, capsys, tiny_llama):
+    small = tiny_llama(vocab_size=300, hidden_size=8)
+    small.save_pretrained(tmp_path / "small")
+    assert cli.main(["check", "--target", str(qwen_target), "--draft", str(tmp_path / "small")]) == 1
+    out = capsys.readouterr().out
+    assert "transformers  NO" in out and "vocab_size 300" in out
