@@ -22,13 +22,16 @@ from .artifacts import clear_finished, is_complete, read_manifest, resume_or_res
 from .corpus import pack_blocks, pretraining_texts, texts_digest
 from .data import load_hub_prompts, load_prompts
 from .distill import distill
+from .export import export_draft, model_card
 from .generate import generate_distillation_data, load_distillation_data, load_topk
 from .models import count_parameters, make_draft, target_id, vocab_size
 from .profiles import Profile, repo_root, runs_dir
 from .subvocab import load_draft, sub_vocab_draft, sub_vocabulary
 from .train import Batches, TrainConfig, history_of, train
 
-__all__ = ["draft_spec", "make_profile_draft", "pretrain_config", "pretrained_draft",
+TRAINING_FORM = "_training"  # inside a distilled draft's folder: the form it was trained in (internal)
+
+__all__ = ["TRAINING_FORM", "draft_spec", "make_profile_draft", "pretrain_config", "pretrained_draft",
            "distill_prompts", "distillation_data", "kd_dataset", "kd_config", "distilled_draft"]
 
 
@@ -84,6 +87,12 @@ def pretrained_draft(target, tokenizer, P: Profile, *, progress: bool = True):
     draft, history = resume_or_restart(run)
     tokenizer.save_pretrained(folder)
     last = history.iloc[-1]
+    (folder / "README.md").write_text(model_card(
+        title=f"Pretrained draft for {target_id(target)}", base_model=P.target,
+        body=f"Pretrained by the `draftalign` book (profile `{P.name}`, Chapter 2) on the `{P.pretrain_corpus}` "
+             f"corpus: {P.pretrain_steps} steps of {P.pretrain_batch} x {P.pretrain_block} tokens. It shares the "
+             f"target's tokenizer and vocabulary; it has not seen the target's answers yet (Chapter 4 distils it)."),
+        encoding="utf-8")
     manifest = write_manifest(folder, spec, inputs={
         "corpus_sha256": texts_digest(texts), "texts": len(texts), "train_blocks": len(train_blocks),
         "eval_blocks": len(eval_blocks), "train_tokens_seen": int(history.tokens.sum())},
@@ -163,8 +172,9 @@ def distilled_draft(target, tokenizer, P: Profile, loss: str, *, loss_options: d
             "base": base_manifest["spec"], "data": str(P.kd_data), "data_rows": len(data),
             "target_logits": P.kd_target, "max_length": P.kd_max_length, "sub_vocab": P.kd_sub_vocab,
             "train": asdict(cfg)}
+    internal = folder / TRAINING_FORM
     if is_complete(folder, spec):
-        return _load_draft(folder, target), history_of(folder), read_manifest(folder)
+        return _load_draft(internal, target), history_of(internal), read_manifest(folder)
     clear_finished(folder)
     topk = load_topk(data_folder) if P.kd_target == "cached" else None
     if P.kd_target == "cached" and not topk:
@@ -179,17 +189,47 @@ def distilled_draft(target, tokenizer, P: Profile, loss: str, *, loss_options: d
             keep = sub_vocabulary(train_rows, topk=topk, per_position=P.kd_sub_vocab,
                                   always=tokenizer.all_special_ids)
             draft = sub_vocab_draft(draft, keep)
-        history = distill(draft, target, train_rows, folder, loss=loss, cfg=cfg, max_length=P.kd_max_length,
+        history = distill(draft, target, train_rows, internal, loss=loss, cfg=cfg, max_length=P.kd_max_length,
                           eval_dataset=eval_rows, loss_options=loss_options, pad_id=tokenizer.pad_token_id,
                           topk=topk, progress=progress)
         return draft, history
 
     draft, history = resume_or_restart(run)
-    tokenizer.save_pretrained(folder)
     last = history.iloc[-1]
-    manifest = write_manifest(folder, spec, inputs={"train_rows": len(train_rows), "eval_rows": len(eval_rows),
-                                                    "answer_tokens_seen": int(history.tokens.sum())},
-                              results={"final_eval_tvd": float(last.get("eval_tvd", float("nan"))),
-                                       "final_eval_top1": float(last.get("eval_top1", float("nan"))),
-                                       "train_seconds": float(history.seconds.sum())})
-    return draft, history, manifest
+    record = {"spec": spec, "inputs": {"train_rows": len(train_rows), "eval_rows": len(eval_rows),
+                                       "answer_tokens_seen": int(history.tokens.sum())},
+              "results": {"final_eval_tvd": float(last.get("eval_tvd", float("nan"))),
+                          "final_eval_top1": float(last.get("eval_top1", float("nan"))),
+                          "train_seconds": float(history.seconds.sum())}}
+    # what users load: a standard folder over the target's vocabulary (the training form stays inside)
+    card = model_card(title=f"Draft for {target_id(target)}, distilled with {loss}", base_model=P.target,
+                      datasets=(P.kd_data,), body=_card_body(P, loss, record, draft))
+    export_draft(draft, folder, tokenizer=tokenizer, card=card, manifest=record)
+    history.to_csv(folder / "history.csv", index=False)
+    return draft, history, read_manifest(folder)
+
+
+def _card_body(P: Profile, loss: str, record: dict, draft) -> str:
+    """The model card of a distilled draft of the book's pipeline."""
+    from .export import SUB_VOCAB_CARD_NOTE
+    from .subvocab import SubVocabDraft
+
+    r, i = record["results"], record["inputs"]
+    lines = [
+        f"Trained by the `draftalign` book (profile `{P.name}`, Chapter 4): the pretrained draft of Chapter 2 "
+        f"fine-tuned with the `{loss}` loss on the target's answers in `{P.kd_data}` "
+        f"({i['train_rows']} answers for training, {i['eval_rows']} held out).",
+        "",
+        f"- steps: {P.kd_steps} of {P.kd_batch} answers ({i['answer_tokens_seen']:,} answer tokens seen, "
+        f"{r['train_seconds']:.0f} s of training steps)",
+        f"- target distributions: {'the cached top-k of the data' if P.kd_target == 'cached' else 'online'}",
+        f"- held-out agreement (top-1 with the target): {r['final_eval_top1']:.3f}; held-out TVD: "
+        f"{r['final_eval_tvd']:.3f}",
+        "",
+        "Block efficiency per prompt category is measured in Chapter 4 of the book "
+        "(`book/executed/04_tvdpp.ipynb`).",
+    ]
+    if isinstance(draft, SubVocabDraft):
+        lines += ["", SUB_VOCAB_CARD_NOTE, "", f"The training form (the sub-vocabulary model and its map) is in "
+                                              f"`{TRAINING_FORM}/`: `draftalign.subvocab.load_draft` loads it."]
+    return "\n".join(lines)

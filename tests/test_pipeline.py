@@ -1,0 +1,112 @@
+"""The book's pipeline stages (:mod:`draftalign.pipeline`): an artifact is reused when its
+spec matches, rebuilt when it differs, resumed when interrupted, restarted when its partial
+work has other settings; a distilled draft is left as a standard folder over the target's
+vocabulary (its training form inside, under ``_training``).
+
+A tiny Llama over SmolLM2's vocabulary stands in for the target, with SmolLM2's tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from draftalign import pipeline
+from draftalign.models import offline_target_folder
+from draftalign.profiles import get_profile
+from draftalign.subvocab import SubVocabDraft
+
+TINY = dict(draft_hidden=16, draft_layers=1, draft_heads=2, draft_intermediate=32, pretrain_texts=40,
+            pretrain_block=32, pretrain_eval_blocks=2, pretrain_steps=2, pretrain_batch=2, pretrain_warmup=1,
+            distill_per_category=1, distill_max_new_tokens=6, distill_batch=9, distill_topk=4,
+            kd_data="generated", kd_target="cached", kd_steps=2, kd_batch=2, kd_warmup=1, kd_max_length=96,
+            kd_sub_vocab=2)
+
+
+@pytest.fixture()
+def runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("DRAFTALIGN_RUNS", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(offline_target_folder())
+
+
+@pytest.fixture(scope="module")
+def target(tiny_llama):
+    model = tiny_llama(vocab_size=49152, hidden_size=16, num_layers=1, eos_token_id=2, max_position_embeddings=256)
+    model.draftalign_source = "local:tiny"
+    return model
+
+
+def _no_training(monkeypatch):
+    def refuse(*_, **__):
+        raise AssertionError("a finished artifact was rebuilt")
+    monkeypatch.setattr(pipeline, "train", refuse)
+    monkeypatch.setattr(pipeline, "distill", refuse)
+    monkeypatch.setattr(pipeline, "generate_distillation_data", refuse)
+
+
+def test_pretrained_draft_is_reused_rebuilt_and_carries_a_card(target, tokenizer, runs, monkeypatch):
+    P = get_profile("ci", **TINY)
+    draft, history, manifest = pipeline.pretrained_draft(target, tokenizer, P, progress=False)
+    folder = runs / "ci" / "draft-pretrained"
+    assert (folder / "README.md").read_text().startswith("---\nbase_model:")
+    assert len(history) == 2 and manifest["spec"]["stage"] == "pretrain"
+    with monkeypatch.context() as m:
+        _no_training(m)
+        again, _, _ = pipeline.pretrained_draft(target, tokenizer, P, progress=False)
+    for a, b in zip(draft.parameters(), again.parameters()):
+        torch.testing.assert_close(a, b)
+    longer = get_profile("ci", **{**TINY, "pretrain_steps": 3})
+    _, history, manifest = pipeline.pretrained_draft(target, tokenizer, longer, progress=False)
+    assert len(history) == 3 and manifest["spec"]["train"]["max_steps"] == 3
+
+
+def test_a_checkpoint_of_other_settings_is_restarted(target, tokenizer, runs):
+    P = get_profile("ci", **TINY)
+    other = get_profile("ci", **{**TINY, "pretrain_lr": 1e-4, "pretrain_steps": 4})
+    from draftalign.train import Batches, train
+
+    draft = pipeline.make_profile_draft(target, other)
+    blocks = torch.randint(0, 100, (6, 32))
+    train(draft, Batches({"input_ids": blocks}), pipeline.pretrain_config(other), runs / "ci" / "draft-pretrained",
+          progress=False, stop_after=1)  # an interrupted run of other settings
+    _, history, manifest = pipeline.pretrained_draft(target, tokenizer, P, progress=False)
+    assert len(history) == 2 and manifest["spec"]["train"]["lr"] == P.pretrain_lr
+
+
+def test_distillation_data_is_reused_and_rebuilt(target, tokenizer, runs, monkeypatch):
+    P = get_profile("ci", **TINY)
+    ds = pipeline.distillation_data(target, tokenizer, P, progress=False)
+    assert len(ds) == 9
+    with monkeypatch.context() as m:
+        _no_training(m)
+        assert pipeline.distillation_data(target, tokenizer, P, progress=False)["response_ids"] == ds["response_ids"]
+    changed = get_profile("ci", **{**TINY, "distill_max_new_tokens": 3})
+    shorter = pipeline.distillation_data(target, tokenizer, changed, progress=False)
+    assert max(len(r) for r in shorter["response_ids"]) <= 3
+
+
+def test_distilled_sub_vocabulary_draft_is_left_as_a_full_vocabulary_folder(target, tokenizer, runs, monkeypatch):
+    P = get_profile("ci", **TINY)
+    draft, history, manifest = pipeline.distilled_draft(target, tokenizer, P, "fkl", progress=False)
+    assert isinstance(draft, SubVocabDraft) and len(history) == 2
+    folder = runs / "ci" / "draft-fkl"
+    assert (folder / pipeline.TRAINING_FORM / "sub_vocab.json").exists()
+    exported = AutoModelForCausalLM.from_pretrained(folder)
+    assert exported.config.vocab_size == 49152
+    ids = torch.randint(0, 49152, (2, 12), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(exported(input_ids=ids).logits.argmax(-1), draft(input_ids=ids).logits.argmax(-1))
+    text = (folder / "README.md").read_text()
+    assert "distilled with fkl" in text and "sub-vocabulary" in text
+    assert json.loads((folder / "manifest.json").read_text())["spec"]["loss"] == "fkl"
+    with monkeypatch.context() as m:
+        _no_training(m)
+        again, _, _ = pipeline.distilled_draft(target, tokenizer, P, "fkl", progress=False)
+    assert isinstance(again, SubVocabDraft)
