@@ -358,7 +358,13 @@ def cmd_bench(args):
     for g in args.gammas:
         methods[f"gamma={g}"] = lambda x, g=g: speculative_generate(target, draft, x, max_new_tokens=n, gamma=g)
     if args.hf:
-        methods.update(_hf_methods(target, draft, tokenizer, args.gammas[0], n))
+        from .analysis import hf_assisted
+
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        g = args.gammas[0]
+        methods[f"hf assisted gamma={g}"] = hf_assisted(target, draft, gamma=g, max_new_tokens=n, pad_token_id=pad)
+        methods["hf assisted dynamic"] = hf_assisted(target, draft, gamma=g, max_new_tokens=n, dynamic=True,
+                                                     pad_token_id=pad)
     table, _ = compare_decoders(methods, ids, rounds=args.rounds)
     print(table.round(3).to_string())
     if args.json:
@@ -366,35 +372,6 @@ def cmd_bench(args):
         args.json.write_text(json.dumps({"table": table.reset_index().to_dict("records"), "prompts": len(ids),
                                          "rounds": args.rounds, "max_new_tokens": n, "versions": versions()},
                                         indent=2))
-
-
-def _hf_methods(target, draft, tokenizer, gamma, n):
-    """transformers' assisted generation with a fixed and with its dynamic number of drafts,
-    as decoders returning an object with ``tokens`` and ``target_calls`` (counted by a hook)."""
-    import copy
-    from types import SimpleNamespace
-
-    calls = {"n": 0}
-    target.register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos = tokenizer.eos_token_id
-
-    def make(schedule):
-        d = copy.copy(draft)
-        d.generation_config = copy.deepcopy(draft.generation_config)
-        d.generation_config.num_assistant_tokens = gamma
-        d.generation_config.num_assistant_tokens_schedule = schedule
-        d.generation_config.assistant_confidence_threshold = 0.0 if schedule == "constant" else 0.4
-
-        def run(x):
-            calls["n"] = 0
-            out = target.generate(x, assistant_model=d, do_sample=False, max_new_tokens=n, pad_token_id=pad)
-            toks = out[0, x.shape[1]:].tolist()
-            toks = toks[: toks.index(eos) + 1] if eos in toks else toks
-            return SimpleNamespace(tokens=toks, target_calls=calls["n"], drafted=[], accepted=[])
-        return run
-
-    return {f"hf assisted gamma={gamma}": make("constant"), "hf assisted dynamic": make("heuristic")}
 
 
 def main(argv=None) -> int:

@@ -63,6 +63,8 @@ def pretrained_draft(target, tokenizer, P: Profile, *, progress: bool = True):
     otherwise trained (resuming from its checkpoint if one matches).
     """
     folder = runs_dir(P) / "draft-pretrained"
+    if P.pretrained_from:
+        return _shipped_pretrained(target, P, folder)
     cfg = pretrain_config(P)
     spec = {"stage": "pretrain", "target": target_id(target),
             "draft": draft_spec(P), "corpus": P.pretrain_corpus, "texts": P.pretrain_texts,
@@ -100,6 +102,32 @@ def pretrained_draft(target, tokenizer, P: Profile, *, progress: bool = True):
                  "final_eval_top1": float(last.get("eval_top1", float("nan"))),
                  "parameters": count_parameters(draft), "train_seconds": float(history.seconds.sum())})
     return draft, history, manifest
+
+
+def _shipped_pretrained(target, P: Profile, folder):
+    """The pretrained draft copied from the shipped folder ``P.pretrained_from`` (never
+    trained here): ``(draft, history, manifest)``; the copy is reused while the shipped
+    weights are unchanged."""
+    import hashlib
+
+    source = repo_root() / P.pretrained_from
+    weights = source / "model.safetensors"
+    if not weights.exists():
+        raise FileNotFoundError(f"the profile starts from {source}, which holds no model.safetensors")
+    spec = {"stage": "pretrain", "from": P.pretrained_from,
+            "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    if not is_complete(folder, spec):
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp)
+        (tmp / "manifest.json").unlink(missing_ok=True)
+        tmp.rename(folder)
+        shipped = read_manifest(source) or {}
+        write_manifest(folder, spec, inputs={"shipped_spec": shipped.get("spec")},
+                       results=shipped.get("results", {}))
+    return _load_draft(folder, target), history_of(folder), read_manifest(folder)
 
 
 def distill_prompts(P: Profile) -> list[dict]:

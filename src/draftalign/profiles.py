@@ -52,6 +52,9 @@ class Profile:
     pretrain_batch: int = 8
     pretrain_lr: float = 3e-3
     pretrain_warmup: int = 16
+    # a shipped pretrained draft to start from instead of pretraining here (a folder under the
+    # project, e.g. the reference drafter's pretraining stage); None: pretrain as above
+    pretrained_from: str | None = None
     # evaluation of tau on the evaluation prompts (every chapter from 2 on)
     eval_per_category: int = 1
     eval_max_new_tokens: int = 48
@@ -80,6 +83,20 @@ class Profile:
     kd_sub_vocab: int | None = 4
     kd_eval_per_category: int = 1
     kd_variance_seeds: int = 16  # gradient-variance measurement of the TVD++ estimators
+    # Chapter 5: analysis (reuses the drafts of Chapters 2 and 4 and data/drafts/; never trains)
+    ch5_per_category: int = 2  # evaluation prompts per category: the target's greedy answers, replayed per draft
+    ch5_mt_bench_per_category: int = 1  # MT-Bench first turns per category, the same way
+    ch5_max_new_tokens: int = 48
+    ch5_gammas: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)  # tau and MBSU from replays (no decoding)
+    ch5_bench_gammas: tuple[int, ...] = (1, 2, 4, 8)  # timed by decoding, with the best draft
+    ch5_bench_prompts: int = 2  # prompts per timing round (gamma and transformers comparisons)
+    ch5_bench_rounds: int = 2
+    ch5_prefix_len: int = 96  # context before the timed passes of the cost model
+    ch5_pass_ks: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9)  # new tokens per timed target pass
+    ch5_pass_repeats: int = 3
+    ch5_temperatures: tuple[float, ...] = (0.7, 1.0)  # sampled decoding, beside greedy
+    ch5_temperature_prompts: int = 2
+    ch5_temperature_max_new_tokens: int = 24  # per sampled answer (each costs a full decoding, unlike a replay)
     # The reference drafter (``make reference``, :mod:`draftalign.reference`)
     draft_init: str = "random"  # "random" or "target": embeddings projected from the target's
     ref_builtin_per_category: int | None = None  # built-in distillation prompts in the pool (None: all)
@@ -111,7 +128,10 @@ PROFILES: dict[str, Profile] = {
                   distill_per_category=1, distill_max_new_tokens=24, distill_batch=9,
                   self_instruct_n=2, distill_topk=8, kd_data="generated", kd_target="online",
                   kd_steps=3, kd_batch=3, kd_warmup=1, kd_max_length=128, kd_eval_per_category=1,
-                  kd_variance_seeds=4),
+                  kd_variance_seeds=4,
+                  ch5_per_category=1, ch5_max_new_tokens=12, ch5_gammas=(1, 2, 4), ch5_bench_gammas=(1, 4),
+                  ch5_bench_prompts=1, ch5_bench_rounds=1, ch5_prefix_len=32, ch5_pass_ks=(1, 3, 5),
+                  ch5_pass_repeats=2, ch5_temperature_prompts=1, ch5_temperature_max_new_tokens=12),
     "cpu": Profile(name="cpu", threads=1),
     "gpu": Profile(name="gpu", ch1_prefix_len=256, ch1_pass_ks=(1, 2, 4, 8, 16, 32, 64),
                    ch1_pass_repeats=20, ch1_rule_samples=20_000, ch1_tau_sim_blocks=100_000,
@@ -124,7 +144,11 @@ PROFILES: dict[str, Profile] = {
                    distill_per_category=1_000, distill_max_new_tokens=512, distill_batch=64,
                    self_instruct_n=200, distill_topk=0, kd_data="generated", kd_target="online", kd_sub_vocab=None,
                    kd_steps=3_000, kd_batch=16, kd_lr=5e-4, kd_warmup=100, kd_max_length=768,
-                   kd_eval_per_category=8),
+                   kd_eval_per_category=8,
+                   ch5_per_category=8, ch5_mt_bench_per_category=10, ch5_max_new_tokens=128,
+                   ch5_bench_gammas=(1, 2, 3, 4, 5, 6, 7, 8), ch5_bench_prompts=8, ch5_bench_rounds=3,
+                   ch5_prefix_len=256, ch5_pass_ks=(1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 16), ch5_pass_repeats=20,
+                   ch5_temperature_prompts=18, ch5_temperature_max_new_tokens=128),
 }
 
 
