@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from draftalign.data import load_prompts
 from draftalign.evaluate import greedy_agreement

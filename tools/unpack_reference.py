@@ -25,7 +25,7 @@ import numpy as np
 
 from draftalign.artifacts import write_manifest
 from draftalign.chat import generation_prefix_ids
-from draftalign.models import load_target, target_id
+from draftalign.models import target_id
 from draftalign.profiles import get_profile
 from draftalign.reference import Run, _digest
 

@@ -367,5 +367,4 @@ def steps_for_budget(model, data: Batches, cfg: TrainConfig, seconds: float, *, 
         for i in range(warmup, warmup + probe):
             one(i)
         step_s = (time.perf_counter() - start) / probe
-    del probe_model, opt
     return max(1, int(margin * seconds / step_s))
