@@ -180,10 +180,12 @@ def get_profile(name: str, **overrides) -> Profile:
 
 def repo_root(start: Path | None = None) -> Path:
     """The project folder (holding ``pyproject.toml``), found upwards from ``start`` or the
-    working directory; the working directory itself when there is none (an installed
-    package used elsewhere)."""
+    working directory, else the source tree this package was imported from (a notebook
+    kernel restarted in another folder still finds ``data/``); the working directory itself
+    when neither is the project (an installed package used elsewhere)."""
     here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
+    package = Path(__file__).resolve().parent  # src/draftalign in a source checkout
+    for folder in (here, *here.parents, package.parent.parent):
         if (folder / "pyproject.toml").exists() and (folder / "src" / "draftalign").is_dir():
             return folder
     return here
