@@ -275,3 +275,27 @@ def test_verify_block_greedy_rejects_bad_shapes(logits):
     should say so with a ``ValueError`` instead of an ``IndexError`` or a silent result."""
     with pytest.raises(ValueError, match="expected"):
         verify_block_greedy(logits, [1, 0, 2])
+
+
+def test_a_cpu_generator_draws_the_same_tokens_for_probabilities_on_another_device():
+    """Probabilities on a device other than the generator's (``meta`` stands in for a GPU
+    here: only the device differs) are moved to the generator's device first, so the draws
+    depend on the seed alone."""
+    from draftalign.sampling import sample, verify_block
+
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+
+    class Elsewhere(torch.Tensor):  # a tensor that reports another device
+        @property
+        def device(self):
+            return torch.device("meta")
+
+    moved = probs.as_subclass(Elsewhere)
+    a = [sample(probs, torch.Generator().manual_seed(s)) for s in range(20)]
+    b = [sample(moved, torch.Generator().manual_seed(s)) for s in range(20)]
+    assert a == b
+    p = torch.tensor([[0.5, 0.5], [0.2, 0.8]])
+    q = torch.tensor([[0.9, 0.1]])
+    outcomes = {verify_block(p, q, [0], torch.Generator().manual_seed(s)) for s in range(3)}
+    assert outcomes == {verify_block(p.as_subclass(Elsewhere), q.as_subclass(Elsewhere), [0],
+                                     torch.Generator().manual_seed(s)) for s in range(3)}

@@ -45,7 +45,10 @@ def warp(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> torch.
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator | None) -> int:
-    """One token id drawn from a ``[V]`` probability vector."""
+    """One token id drawn from a ``[V]`` probability vector (on the generator's device: a
+    CPU generator gives the same draws whichever device the probabilities live on)."""
+    if generator is not None and probs.device != generator.device:
+        probs = probs.to(generator.device)
     return int(torch.multinomial(probs, 1, generator=generator).item())
 
 
@@ -78,7 +81,7 @@ def verify_block(p: torch.Tensor, q: torch.Tensor, draft_tokens, generator=None)
     for i, x in enumerate(draft_tokens):
         x = int(x)
         p_x, q_x = float(p[i, x]), float(q[i, x])
-        u = float(torch.rand((), generator=generator, device=p.device))
+        u = float(torch.rand((), generator=generator, device=generator.device if generator is not None else p.device))
         # u < p/q  <=>  u * q < p; written without division (q_x > 0: x was drawn from q)
         if u * q_x < p_x:
             continue
