@@ -45,12 +45,14 @@ def test_draft_fits_the_target(target):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
-def test_draft_takes_the_targets_dtype(tiny_llama, dtype):
+def test_draft_is_fp32_master_weights_whatever_the_targets_dtype(tiny_llama, dtype):
     target = tiny_llama(vocab_size=24, dtype=dtype)
     draft = make_draft(target, hidden_size=16, num_layers=1, num_heads=2)
-    assert {p.dtype for p in draft.parameters()} == {dtype}
+    assert {p.dtype for p in draft.parameters()} == {torch.float32}
     out = draft(torch.tensor([[1, 2, 3]])).logits
-    assert out.dtype == dtype and out.shape == (1, 3, 24)
+    assert out.dtype == torch.float32 and out.shape == (1, 3, 24)
+    asked = make_draft(target, hidden_size=16, num_layers=1, num_heads=2, dtype=dtype)
+    assert {p.dtype for p in asked.parameters()} == {dtype}
 
 
 def test_draft_uses_the_padded_embedding_size_and_target_rope():

@@ -130,7 +130,29 @@ def test_train_config_checks():
     with pytest.raises(ValueError):
         TrainConfig(max_steps=1, grad_accum=0)
     with pytest.raises(ValueError, match="autocast"):
-        TrainConfig(max_steps=1, autocast="fp16")
+        TrainConfig(max_steps=1, autocast="fp8")
+
+
+def test_dtype_policy_on_the_cpu_and_refusal_of_16_bit_weights(tiny_llama, tmp_path):
+    """On the CPU training computes in fp32 unless asked; fp16 autocast gets a gradient
+    scaler and still trains; weights that are not fp32 are refused (AdamW steps below
+    bf16's spacing would be lost)."""
+    from draftalign.models import half_dtype
+    from draftalign.train import autocast_dtype
+
+    cpu = torch.device("cpu")
+    assert half_dtype(cpu) is None
+    assert autocast_dtype(TrainConfig(max_steps=1), cpu) is None
+    assert autocast_dtype(TrainConfig(max_steps=1, autocast="bf16"), cpu) == torch.bfloat16
+    assert autocast_dtype(TrainConfig(max_steps=1, autocast="fp16"), cpu) == torch.float16
+    data = Batches({"input_ids": torch.randint(0, 32, (8, 10))})
+    model = tiny_llama(vocab_size=32, seed=3)
+    history = train(model, data, TrainConfig(max_steps=2, batch_size=4, autocast="bf16"), tmp_path / "bf16",
+                    progress=False)
+    assert len(history) == 2 and next(model.parameters()).dtype == torch.float32
+    with pytest.raises(ValueError, match="fp32 master weights"):
+        train(tiny_llama(vocab_size=32, seed=3).to(torch.bfloat16), data, TrainConfig(max_steps=1),
+              tmp_path / "low", progress=False)
 
 
 def test_lr_schedule():

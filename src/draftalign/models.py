@@ -43,6 +43,7 @@ __all__ = [
     "cache_kwargs",
     "cache_dir",
     "default_device",
+    "half_dtype",
     "hub_reachable",
     "offline_target_folder",
 ]
@@ -64,12 +65,27 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def half_dtype(device) -> torch.dtype | None:
+    """The 16-bit type a device computes in natively: bf16 on GPUs that have it (Ampere and
+    later), fp16 on older ones (a T4), ``None`` on the CPU (compute stays fp32 there).
+
+    This is the project's one dtype policy: targets run in it for inference on a GPU
+    (:func:`load_target`), training autocasts to it (:mod:`draftalign.train`, with a
+    gradient scaler for fp16), and every weight that is trained stays fp32 (master weights:
+    an RMSNorm weight near 1.0 cannot move by steps below bf16's spacing of 1/128 there).
+    Code that asserts greedy exactness loads the target in fp32 (Chapter 1 explains why)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def _resolve(device, dtype) -> tuple[torch.device, torch.dtype]:
     device = default_device() if device is None else torch.device(device)
     if dtype is None:
-        # fp32 on CPU keeps greedy speculative decoding bit-exact (see Chapter 1);
-        # bf16 on GPU is what people deploy.
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        # fp32 on CPU keeps greedy speculative decoding bit-exact (see Chapter 1); a GPU's
+        # native 16-bit type is what people deploy
+        dtype = half_dtype(device) or torch.float32
     elif isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     return device, dtype
@@ -263,12 +279,14 @@ def _special_ids(target) -> dict:
 
 
 def make_draft(target, *, hidden_size: int, num_layers: int, num_heads: int | None = None,
-               intermediate_size: int | None = None, tie_embeddings: bool = True, seed: int = 0):
+               intermediate_size: int | None = None, tie_embeddings: bool = True, seed: int = 0,
+               dtype: torch.dtype = torch.float32):
     """A fresh (randomly initialised) Llama-architecture draft that fits ``target``.
 
     Its ``vocab_size`` is the target's padded embedding size (what vLLM and transformers'
     ``assistant_model`` compare), its special-token ids and maximum positions are the
-    target's, and it lives on the target's device with the target's dtype. Defaults:
+    target's, and it lives on the target's device in ``dtype`` (fp32 by default: the master
+    weights training needs; cast a copy for 16-bit inference). Defaults:
     ``num_heads = max(1, hidden_size // 64)``; ``intermediate_size`` about
     ``8/3 * hidden_size`` rounded up to a multiple of 64 (the SwiGLU convention).
     """
@@ -303,7 +321,7 @@ def make_draft(target, *, hidden_size: int, num_layers: int, num_heads: int | No
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         draft = LlamaForCausalLM(config)
-    draft.to(device=param.device, dtype=param.dtype).eval()
+    draft.to(device=param.device, dtype=dtype).eval()
     for key, value in ids.items():
         setattr(draft.generation_config, key, value)
     return draft

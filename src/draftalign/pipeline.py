@@ -17,6 +17,7 @@ from dataclasses import asdict
 
 import datasets
 import pandas as pd
+import torch
 
 from .artifacts import clear_finished, is_complete, read_manifest, resume_or_restart, write_manifest
 from .corpus import pack_blocks, pretraining_texts, texts_digest
@@ -212,7 +213,9 @@ def distilled_draft(target, tokenizer, P: Profile, loss: str, *, loss_options: d
     train_rows, eval_rows = data.select(range(len(data) - n_eval)), data.select(range(len(data) - n_eval, len(data)))
 
     def run():
-        draft = _load_draft(runs_dir(P) / "draft-pretrained", target)
+        param = next(target.parameters())  # trained in fp32 (master weights) whatever the target's dtype
+        draft = load_draft(runs_dir(P) / "draft-pretrained", dtype=torch.float32, device=param.device,
+                           vocab_size=vocab_size(target))
         if P.kd_sub_vocab is not None:  # the output layer over the tokens of the training data only
             keep = sub_vocabulary(train_rows, topk=topk, per_position=P.kd_sub_vocab,
                                   always=tokenizer.all_special_ids)

@@ -28,7 +28,8 @@ import pandas as pd
 import torch
 from tqdm.std import tqdm
 
-__all__ = ["TrainConfig", "Batches", "train", "lm_loss", "lr_at", "evaluate", "history_of", "steps_for_budget"]
+__all__ = ["TrainConfig", "Batches", "train", "lm_loss", "lr_at", "evaluate", "history_of", "steps_for_budget",
+           "autocast_dtype"]
 
 
 @dataclass(frozen=True)
@@ -45,13 +46,13 @@ class TrainConfig:
     eval_batches: int = 4
     checkpoint_every: int = 50
     seed: int = 0
-    autocast: str = "auto"  # "auto" (bf16 on CUDA only), "bf16" or "off"
+    autocast: str = "auto"  # "auto" (the device's native 16-bit type, none on CPU), "bf16", "fp16" or "off"
 
     def __post_init__(self):
         if self.max_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("max_steps, batch_size and grad_accum must be >= 1")
-        if self.autocast not in ("auto", "bf16", "off"):
-            raise ValueError(f"autocast must be 'auto', 'bf16' or 'off', got {self.autocast!r}")
+        if self.autocast not in ("auto", "bf16", "fp16", "off"):
+            raise ValueError(f"autocast must be 'auto', 'bf16', 'fp16' or 'off', got {self.autocast!r}")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -141,9 +142,18 @@ def _to(batch: dict, device) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The dtype training computes in (``None``: fp32): ``cfg.autocast``, where ``"auto"``
+    is the device's native 16-bit type (:func:`draftalign.models.half_dtype`)."""
+    from .models import half_dtype
+
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.autocast) \
+        if cfg.autocast != "auto" else half_dtype(device)
+
+
 def _autocast(cfg: TrainConfig, device: torch.device):
-    on = cfg.autocast == "bf16" or (cfg.autocast == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
+    dtype = autocast_dtype(cfg, device)
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
 @torch.no_grad()
@@ -179,7 +189,7 @@ def _set_rng_state(state: dict) -> None:
 _COMPLETE = "complete"  # written last into a checkpoint folder
 
 
-def _save_checkpoint(folder: Path, model, opt, sched, step: int, history: list, cfg) -> None:
+def _save_checkpoint(folder: Path, model, opt, sched, step: int, history: list, cfg, scaler=None) -> None:
     """Write to a temporary folder, then swap it in: a crash never leaves half a checkpoint
     (and :func:`_load_checkpoint` repairs a crash between the two renames)."""
     tmp = folder.with_name(folder.name + ".tmp")
@@ -187,7 +197,9 @@ def _save_checkpoint(folder: Path, model, opt, sched, step: int, history: list, 
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "step": step, "rng": _rng_state(), "config": asdict(cfg)}, tmp / "state.pt")
+                "step": step, "rng": _rng_state(), "config": asdict(cfg),
+                "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None},
+               tmp / "state.pt")
     pd.DataFrame(history).to_csv(tmp / "history.csv", index=False)
     (tmp / _COMPLETE).write_text(str(step))
     old = folder.with_name(folder.name + ".old")
@@ -258,6 +270,12 @@ def train(model, data: Batches, cfg: TrainConfig, out_dir, *, loss_fn: Callable 
     out_dir = Path(out_dir)
     ckpt = out_dir / "checkpoint"
     device = next(model.parameters()).device
+    low = sorted({str(p.dtype) for p in model.parameters() if p.requires_grad and p.dtype != torch.float32})
+    if low:
+        raise ValueError(f"the model's trainable weights are {', '.join(low)}: train fp32 master weights "
+                         f"(model.float()); 16-bit compute comes from autocast (TrainConfig.autocast)")
+    # fp16 needs its gradients scaled (they underflow otherwise); bf16 and fp32 do not
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(cfg, device) == torch.float16)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -277,6 +295,8 @@ def train(model, data: Batches, cfg: TrainConfig, out_dir, *, loss_fn: Callable 
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         step = state["step"]
         _set_rng_state(state["rng"])
     else:
@@ -296,12 +316,14 @@ def train(model, data: Batches, cfg: TrainConfig, out_dir, *, loss_fn: Callable 
             batch = _to(data.batch(step * examples_per_step + micro * cfg.batch_size, cfg.batch_size), device)
             with _autocast(cfg, device):
                 loss, stats = loss_fn(model, batch)
-            (loss / cfg.grad_accum).backward()
+            scaler.scale(loss / cfg.grad_accum).backward()
             for k, v in {"loss": float(loss.detach()), **stats}.items():
                 totals[k] = totals.get(k, 0.0) + (v if k == "tokens" else v / cfg.grad_accum)
+        scaler.unscale_(opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         row = {"step": step + 1, "lr": sched.get_last_lr()[0], **totals, "grad_norm": float(grad_norm)}
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         sched.step()
         opt.zero_grad(set_to_none=True)
         step += 1
@@ -314,7 +336,7 @@ def train(model, data: Batches, cfg: TrainConfig, out_dir, *, loss_fn: Callable 
         bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
         late = deadline is not None and time.time() > deadline and step < end
         if step % cfg.checkpoint_every == 0 or step == end or late:
-            _save_checkpoint(ckpt, model, opt, sched, step, history, cfg)
+            _save_checkpoint(ckpt, model, opt, sched, step, history, cfg, scaler)
         if late:
             break
     bar.close()
