@@ -29,9 +29,10 @@ import torch
 from draftalign.data import load_prompts
 from draftalign.distill import distill
 from draftalign.evaluate import tau_table
+from draftalign.metrics import pooled_tau
 from draftalign.generate import load_distillation_data, load_topk
 from draftalign.models import count_parameters, layer_subset_draft, load_target, make_draft
-from draftalign.pipeline import pretrained_draft
+from draftalign.pipeline import held_out_split, pretrained_draft
 from draftalign.profiles import get_profile
 from draftalign.subvocab import sub_vocab_draft, sub_vocabulary
 from draftalign.train import TrainConfig
@@ -71,8 +72,7 @@ def main() -> None:
     target, tokenizer = load_target()
     draft = build_draft(args.draft, target, tokenizer)
     data, topk = load_distillation_data(args.data), load_topk(args.data)
-    n_eval = max(args.batch, len(data) // 20)  # as pipeline.distilled_draft holds out
-    train_rows, eval_rows = data.select(range(len(data) - n_eval)), data.select(range(len(data) - n_eval, len(data)))
+    train_rows, eval_rows = held_out_split(data)  # as pipeline.distilled_draft holds out
     if not args.full_vocab:
         keep = sub_vocabulary(train_rows, topk=topk or None, per_position=args.sub_vocab_topk,
                               always=tokenizer.all_special_ids)
@@ -80,7 +80,8 @@ def main() -> None:
     if args.freeze_embeddings:
         draft.get_input_embeddings().weight.requires_grad_(False)
     cfg = TrainConfig(max_steps=args.steps, batch_size=args.batch, lr=args.lr, warmup_steps=args.warmup,
-                      eval_every=args.steps, eval_batches=n_eval // args.batch, checkpoint_every=args.steps)
+                      eval_every=args.steps, eval_batches=-(-len(eval_rows) // args.batch),
+                      checkpoint_every=args.steps)
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         history = distill(draft, target, train_rows, out, loss=args.loss, cfg=cfg, max_length=args.max_length,
@@ -98,7 +99,7 @@ def main() -> None:
         "answer_tokens_per_s": round(float(history.tokens.sum() / history.seconds.sum()), 1),
         "wall_seconds": round(seconds, 1), "held_out_tvd": round(float(last.eval_tvd), 4),
         "held_out_top1": round(float(last.eval_top1), 4), "eval_prompts": len(prompts),
-        "tau": round(float(table.tokens.sum() / table.target_calls.sum()), 4)}))
+        "tau": round(pooled_tau(table.tokens, table.target_calls), 4)}))
 
 
 if __name__ == "__main__":

@@ -110,3 +110,21 @@ def test_distilled_sub_vocabulary_draft_is_left_as_a_full_vocabulary_folder(targ
         _no_training(m)
         again, _, _ = pipeline.distilled_draft(target, tokenizer, P, "fkl", progress=False)
     assert isinstance(again, SubVocabDraft)
+
+
+def test_held_out_split_is_by_prompt_and_covers_every_category():
+    rows = [{"prompt": f"{cat} question {i}", "category": cat, "sample": s}
+            for cat in ("math", "code", "open_qa") for i in range(30) for s in range(2)]
+    train, held = pipeline.held_out_split(rows)
+    held_prompts = {r["prompt"] for r in held}
+    assert not held_prompts & {r["prompt"] for r in train}  # no prompt on both sides
+    assert len(held) == 2 * len(held_prompts)  # both samples of a held-out prompt
+    assert {r["category"] for r in held} == {"math", "code", "open_qa"}
+    assert len(held_prompts) == 3 * round(0.05 * 30)
+    assert pipeline.held_out_split(list(reversed(rows)))[1] != []  # stable: a hash, not the order
+    assert {r["prompt"] for r in pipeline.held_out_split(list(reversed(rows)))[1]} == held_prompts
+    one_each = [r for r in rows if r["prompt"].endswith(" 0")]  # one prompt per category
+    train, held = pipeline.held_out_split(one_each)
+    assert len({r["prompt"] for r in held}) == 1 and train
+    with pytest.raises(ValueError, match="too few prompts"):
+        pipeline.held_out_split(rows[:2])

@@ -2,7 +2,9 @@
 
 Reads the draft's logits ``[n, V]`` at answer positions and the target's cached top-k
 (``ids [n, k]``, ``logprobs [n, k]``, from :func:`draftalign.generate.load_topk`); writes
-nothing. The target distribution is the one :func:`draftalign.distill.expand_topk` builds:
+nothing. This module is the one home of the cached target: :func:`expand_topk` builds it as a
+full distribution, :func:`restrict_topk` at a sub-vocabulary's tokens, and the closed forms
+below use it without building it:
 the k kept tokens with their probabilities, the rest of the mass ``1 - sum_k p_k`` spread
 evenly over the other ``V - k`` tokens. Under that distribution every loss of
 :mod:`draftalign.losses` has a closed form in a few sums over the draft's row, so this
@@ -28,10 +30,38 @@ import torch
 
 from .losses import reward_baseline_and_scale
 
-__all__ = ["CACHED_LOSSES", "cached_loss"]
+__all__ = ["CACHED_LOSSES", "cached_loss", "tail_logprob", "expand_topk", "restrict_topk"]
 
 CHUNK = 256  # rows per chunk: a [256, 49152] fp32 block is 48 MiB
 CACHED_LOSSES = ("fkl", "rkl", "tvd", "tvd++")
+
+
+def tail_logprob(logprobs: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """``[n]``: the log-probability of each token outside a top-k ``[n, k]``, the remaining
+    mass spread evenly over the other ``V - k`` tokens."""
+    rest = (1 - logprobs.float().exp().sum(-1)).clamp(min=1e-8)
+    return torch.log(rest / (vocab_size - logprobs.shape[-1]))
+
+
+def expand_topk(ids: torch.Tensor, logprobs: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Full log-probabilities ``[n, V]`` from a top-k ``[n, k]``: the k kept tokens get their
+    log-probabilities, the remaining mass is spread evenly over the other ``V - k`` tokens.
+    This is the cached-target approximation; Chapter 4 compares it with the exact target."""
+    n = ids.shape[0]
+    out = tail_logprob(logprobs, vocab_size)[:, None].expand(n, vocab_size).clone()
+    return out.scatter_(1, ids.long(), logprobs.float())
+
+
+def restrict_topk(ids: torch.Tensor, logprobs: torch.Tensor, vocab_size: int, to_sub: torch.Tensor,
+                  sub_size: int) -> torch.Tensor:
+    """The cached target's log-probabilities ``[n, K]`` at the ``K`` tokens of a
+    sub-vocabulary (``to_sub``: the full vocabulary's ids to rows, ``K`` for tokens outside):
+    the columns of :func:`expand_topk` that the sub-vocabulary keeps, without building
+    ``[n, V]``. They sum to less than 1; the losses renormalise them."""
+    n = ids.shape[0]
+    out = tail_logprob(logprobs, vocab_size)[:, None].expand(n, sub_size + 1).clone()
+    out.scatter_(1, to_sub[ids.long()], logprobs.float())  # kept top-k tokens; the others land in column K
+    return out[:, :sub_size]
 
 
 def _target_parts(logprobs: torch.Tensor, V: int):
@@ -42,7 +72,7 @@ def _target_parts(logprobs: torch.Tensor, V: int):
         p = p / p.sum(-1, keepdim=True)
         zero = p.new_zeros(len(p))
         return p, p.log(), zero, zero
-    rest = (1 - p.sum(-1)).clamp(min=1e-8)
+    rest = (1 - p.sum(-1)).clamp(min=1e-8)  # the flat tail's mass, as tail_logprob spreads it
     total = p.sum(-1) + rest
     u = rest / (V - p.shape[-1]) / total
     p = p / total[:, None]

@@ -5,9 +5,10 @@ Reads a draft, the target, a distillation dataset (:mod:`draftalign.generate`, c
 writes, through :func:`draftalign.train.train`, checkpoints and the distilled draft as a
 Hugging Face folder. Chapter 4 runs it once per loss from the same pretrained draft.
 
-The target's distributions are computed online, exactly, in the same batch as the draft's
-(no cache, no approximation); only positions whose next token belongs to the target's
-answer enter the loss. A draft over a sub-vocabulary (:mod:`draftalign.subvocab`) trains
+The target's distributions are computed online, exactly, in the same batch as the draft's,
+or taken from the target's top-k cached with the data (:mod:`draftalign.cached_losses`,
+an approximation whose tail is spread flat); only positions whose next token belongs to
+the target's answer enter the loss. A draft over a sub-vocabulary (:mod:`draftalign.subvocab`) trains
 in its own small space, against the target restricted to its tokens.
 """
 
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from .cached_losses import CACHED_LOSSES, cached_loss
+from .cached_losses import CACHED_LOSSES, cached_loss, expand_topk, restrict_topk  # noqa: F401 (re-exported)
 from .chat import distill_example
 from .losses import check_options, get_loss
 from .subvocab import SubVocabDraft
@@ -53,34 +54,6 @@ def distill_examples(dataset, *, max_length: int | None = None, topk: dict | Non
     return out
 
 
-def _tail_logprob(logprobs: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """``[n]``: the log-probability of each token outside a top-k ``[n, k]``, the remaining
-    mass spread evenly over the other ``V - k`` tokens."""
-    rest = (1 - logprobs.float().exp().sum(-1)).clamp(min=1e-8)
-    return torch.log(rest / (vocab_size - logprobs.shape[-1]))
-
-
-def expand_topk(ids: torch.Tensor, logprobs: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Full log-probabilities ``[n, V]`` from a top-k ``[n, k]``: the k kept tokens get their
-    log-probabilities, the remaining mass is spread evenly over the other ``V - k`` tokens.
-    This is the cached-target approximation; Chapter 4 compares it with the exact target."""
-    n = ids.shape[0]
-    out = _tail_logprob(logprobs, vocab_size)[:, None].expand(n, vocab_size).clone()
-    return out.scatter_(1, ids.long(), logprobs.float())
-
-
-def restrict_topk(ids: torch.Tensor, logprobs: torch.Tensor, vocab_size: int, to_sub: torch.Tensor,
-                  sub_size: int) -> torch.Tensor:
-    """The cached target's log-probabilities ``[n, K]`` at the ``K`` tokens of a
-    sub-vocabulary (``to_sub``: the full vocabulary's ids to rows, ``K`` for tokens outside):
-    the columns of :func:`expand_topk` that the sub-vocabulary keeps, without building
-    ``[n, V]``. They sum to less than 1; the losses renormalise them."""
-    n = ids.shape[0]
-    out = _tail_logprob(logprobs, vocab_size)[:, None].expand(n, sub_size + 1).clone()
-    out.scatter_(1, to_sub[ids.long()], logprobs.float())  # kept top-k tokens; the others land in column K
-    return out[:, :sub_size]
-
-
 def _sub_vocab_loss(fn, target, draft: SubVocabDraft, batch: dict, options: dict):
     """Loss and stats for a sub-vocabulary draft: the loss against the target restricted to
     the kept tokens and renormalised; TVD and top-1 against the full target (a kept token
@@ -100,14 +73,20 @@ def _sub_vocab_loss(fn, target, draft: SubVocabDraft, batch: dict, options: dict
     labels = draft.sub_ids(ids[:, 1:][pos])
     labels = torch.where(labels < K, labels, sub_lp.argmax(-1))  # an answer token outside: the likeliest kept one
     per_pos = fn(draft_logits, sub_lp[None], None, labels=labels[None], **options)  # [1, n]
+    with torch.no_grad():
+        q, p = draft_logits[0].float().softmax(-1), sub_lp.exp()
+        tvd_rows = 0.5 * ((q - p).abs().sum(-1) + (1 - p.sum(-1)).clamp(min=0))  # the mass outside counts too
+        agree = draft.keep[q.argmax(-1)] == best
+    return _result(per_pos, draft_logits, pos, tvd_rows, agree)
+
+
+def _result(per_pos, draft_logits, pos, tvd_rows, agree):
+    """The loss (mean over answer positions; a zero that keeps the graph when there are
+    none) and the stats every KD loss reports: mean TVD, top-1 agreement, tokens."""
     value = per_pos.mean() if per_pos.numel() else draft_logits.sum() * 0
     with torch.no_grad():
-        if len(best):
-            q, p = draft_logits[0].float().softmax(-1), sub_lp.exp()
-            tvd = 0.5 * ((q - p).abs().sum(-1) + (1 - p.sum(-1)).clamp(min=0)).mean()
-            top1 = (draft.keep[q.argmax(-1)] == best).float().mean()
-        else:
-            tvd = top1 = torch.tensor(0.0)
+        tvd = tvd_rows.mean() if tvd_rows.numel() else torch.tensor(0.0)
+        top1 = agree.float().mean() if agree.numel() else torch.tensor(0.0)
     return value, {"tvd": float(tvd), "top1": float(top1), "tokens": float(pos.sum())}
 
 
@@ -150,12 +129,8 @@ def kd_loss_fn(target, loss: str, **options):
         if "topk_ids" in batch and closed_form:  # cached target, closed form: no [n, V] target
             top_ids, top_lp = batch["topk_ids"], batch["topk_logprobs"]
             per_pos, tvd_rows = cached_loss(loss, draft_logits[0], top_ids, top_lp, **options)
-            value = per_pos.mean() if per_pos.numel() else draft_logits.sum() * 0
-            with torch.no_grad():
-                best = top_ids.gather(1, top_lp.argmax(-1, keepdim=True))[:, 0]
-                top1 = (draft_logits[0].argmax(-1) == best).float().mean() if len(best) else torch.tensor(0.0)
-                tvd = tvd_rows.mean() if len(best) else torch.tensor(0.0)
-            return value, {"tvd": float(tvd), "top1": float(top1), "tokens": float(pos.sum())}
+            best = top_ids.gather(1, top_lp.argmax(-1, keepdim=True))[:, 0]
+            return _result(per_pos, draft_logits, pos, tvd_rows, draft_logits[0].argmax(-1) == best)
         with torch.no_grad():
             if "topk_ids" in batch:  # the target's cached top-k, expanded to full logits
                 target_logits = expand_topk(batch["topk_ids"], batch["topk_logprobs"],
@@ -163,12 +138,10 @@ def kd_loss_fn(target, loss: str, **options):
             else:
                 target_logits = answer_logits(target, ids, attn, pos)  # [1, n, V]
         per_pos = fn(draft_logits, target_logits, None, labels=labels, **options)  # [1, n]
-        value = per_pos.mean() if per_pos.numel() else draft_logits.sum() * 0
         with torch.no_grad():
             q, p = draft_logits[0].float().softmax(-1), target_logits[0].float().softmax(-1)
-            tvd = 0.5 * (q - p).abs().sum(-1).mean() if len(q) else torch.tensor(0.0)
-            top1 = (q.argmax(-1) == p.argmax(-1)).float().mean() if len(q) else torch.tensor(0.0)
-        return value, {"tvd": float(tvd), "top1": float(top1), "tokens": float(pos.sum())}
+            tvd_rows, agree = 0.5 * (q - p).abs().sum(-1), q.argmax(-1) == p.argmax(-1)
+        return _result(per_pos, draft_logits, pos, tvd_rows, agree)
 
     return loss_fn
 

@@ -10,8 +10,10 @@ and gradients flow into the draft's logits only. Chapter 4 derives them (equatio
 
 Memory: only masked-in positions are computed, in chunks of positions; when the selected
 positions hold more than ``CHECKPOINT_ABOVE`` logits, each chunk's fp32 softmaxes are
-recomputed in the backward pass (activation checkpointing) instead of being kept, so peak
-memory stays at a few ``[chunk, V]`` tensors whatever ``B * T`` is. The
+recomputed in the backward pass (activation checkpointing) instead of being kept, so what
+a loss adds to memory stays at a few ``[chunk, V]`` tensors whatever ``B * T`` is. The
+logits themselves are the caller's: :func:`draftalign.distill.answer_logits` builds one
+``[n, V]`` tensor for the draft (and one for an online target) before any loss runs. The
 ``reference_*`` functions are the plain textbook versions the tests compare against.
 """
 

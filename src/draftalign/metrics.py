@@ -23,6 +23,7 @@ __all__ = [
     "per_position_acceptance",
     "acceptance_rate",
     "mean_tau",
+    "pooled_tau",
 ]
 
 
@@ -131,8 +132,15 @@ def acceptance_rate(results: Sequence) -> float:
 
 def mean_tau(results: Sequence) -> float:
     """Block efficiency pooled over results: total tokens over total target calls."""
-    tokens = sum(len(r.tokens) for r in results)
-    calls = sum(r.target_calls for r in results)
+    return pooled_tau(sum(len(r.tokens) for r in results), sum(r.target_calls for r in results))
+
+
+def pooled_tau(tokens, target_calls) -> float:
+    """Block efficiency pooled over prompts: total tokens over total target calls (not the
+    mean of per-prompt tau, which would weigh a short answer like a long one). Takes counts
+    or sequences of counts (e.g. the ``tokens`` and ``target_calls`` columns of a tau table)."""
+    tokens = float(sum(tokens)) if hasattr(tokens, "__iter__") else float(tokens)
+    calls = float(sum(target_calls)) if hasattr(target_calls, "__iter__") else float(target_calls)
     if calls == 0:
-        raise ValueError("no target calls in results")
-    return float(tokens / calls)
+        raise ValueError("no target calls")
+    return tokens / calls

@@ -32,7 +32,7 @@ from .train import Batches, TrainConfig, history_of, train
 
 TRAINING_FORM = "_training"  # inside a distilled draft's folder: the form it was trained in (internal)
 
-__all__ = ["TRAINING_FORM", "draft_spec", "make_profile_draft", "pretrain_config", "pretrained_draft",
+__all__ = ["TRAINING_FORM", "held_out_split", "draft_spec", "make_profile_draft", "pretrain_config", "pretrained_draft",
            "distill_prompts", "distillation_data", "kd_dataset", "kd_config", "distilled_draft"]
 
 
@@ -182,6 +182,38 @@ def kd_dataset(target, tokenizer, P: Profile, *, progress: bool = True):
     return load_distillation_data(folder), folder
 
 
+def held_out_split(data, *, share: float = 0.05):
+    """``(train, held_out)`` rows of a distillation dataset, held out *by prompt*: every
+    answer to a held-out prompt is held out (a second sample of a prompt seen in training
+    would leak it), and each category gives the same share of its distinct prompts, at
+    least one (none from a category with a single prompt; one prompt overall when every
+    category has one), chosen by a hash of the prompt text (stable across runs). The
+    one split of the book: the distilled drafts' held-out metrics and every held-out
+    number of Chapter 4 use it."""
+    import hashlib
+    from collections import defaultdict
+
+    by_category = defaultdict(set)
+    for row in data:
+        by_category[row.get("category")].add(row["prompt"])
+    def ranked(prompts):
+        return sorted(prompts, key=lambda t: hashlib.sha256(t.encode("utf-8")).hexdigest())
+
+    held = set()
+    for prompts in by_category.values():  # a category with one prompt keeps it for training
+        n = len(prompts)
+        held.update(ranked(prompts)[: min(n - 1, max(1, round(share * n)))])
+    everything = {row["prompt"] for row in data}
+    if not held:  # tiny sets (one prompt per category): one prompt overall
+        if len(everything) < 2:
+            raise ValueError("too few prompts to hold any out: a split needs at least two")
+        held = set(ranked(everything)[:1])
+    train_idx = [i for i, row in enumerate(data) if row["prompt"] not in held]
+    held_idx = [i for i, row in enumerate(data) if row["prompt"] in held]
+    pick = (lambda idx: data.select(idx)) if hasattr(data, "select") else (lambda idx: [data[i] for i in idx])
+    return pick(train_idx), pick(held_idx)
+
+
 def kd_config(P: Profile) -> TrainConfig:
     return TrainConfig(max_steps=P.kd_steps, batch_size=P.kd_batch, lr=P.kd_lr, warmup_steps=P.kd_warmup,
                        eval_every=P.kd_steps if P.kd_steps < 12 else P.kd_steps // 3, eval_batches=2,
@@ -208,9 +240,7 @@ def distilled_draft(target, tokenizer, P: Profile, loss: str, *, loss_options: d
     topk = load_topk(data_folder) if P.kd_target == "cached" else None
     if P.kd_target == "cached" and not topk:
         raise ValueError(f"{data_folder} has no cached top-k; set kd_target='online'")
-    # hold out the last 5% of rows (at least one batch) for evaluation with the exact target
-    n_eval = max(P.kd_batch, len(data) // 20)
-    train_rows, eval_rows = data.select(range(len(data) - n_eval)), data.select(range(len(data) - n_eval, len(data)))
+    train_rows, eval_rows = held_out_split(data)
 
     def run():
         param = next(target.parameters())  # trained in fp32 (master weights) whatever the target's dtype

@@ -15,6 +15,7 @@ import torch
 
 from .artifacts import clear_finished, is_complete, read_manifest, resume_or_restart, write_manifest
 from .evaluate import greedy_agreement, tau_table
+from .metrics import pooled_tau
 from .generate import generate_distillation_rows, read_distillation_rows
 from .profiles import repo_root
 from .provenance import versions
@@ -116,7 +117,7 @@ class Measurements:
                 done["entries"][key] = {
                     "draft": name, "split": split, "gamma": gamma, "prompts": len(table),
                     "tokens": int(table.tokens.sum()), "target_calls": int(table.target_calls.sum()),
-                    "tau": float(table.tokens.sum() / table.target_calls.sum()),
+                    "tau": pooled_tau(table.tokens, table.target_calls),
                     "by_category": (by_cat.tokens / by_cat.target_calls).round(3).to_dict()}
                 done["versions"] = versions()
                 _atomic_json(path, done)

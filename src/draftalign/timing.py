@@ -21,7 +21,7 @@ import torch
 from tqdm.std import tqdm  # plain text bars: they render in executed notebooks too
 from transformers import DynamicCache
 
-from .metrics import acceptance_rate
+from .metrics import acceptance_rate, pooled_tau
 from .models import cache_kwargs, vocab_size
 
 __all__ = ["pass_cost", "compare_decoders"]
@@ -38,8 +38,9 @@ def pass_cost(model, *, prefix_len: int = 64, ks: Sequence[int] = (1, 2, 4, 8, 1
     """Time one forward pass over ``k`` new tokens after a cached prefix of ``prefix_len``.
 
     This is the cost of verifying ``k - 1`` drafts at once (plus the bonus position).
-    Returns one row per ``k``: median and minimum milliseconds over ``repeats``, and the
-    median relative to ``k = 1``. The ``k`` values are interleaved within each repeat.
+    Returns one row per ``k``: median and minimum milliseconds over ``repeats``, and
+    ``vs_k1``, the median relative to the first ``k`` of ``ks`` (a one-token pass with the
+    default ``ks``, which start at 1). The ``k`` values are interleaved within each repeat.
     """
     device = next(model.parameters()).device
     vocab = vocab_size(model)
@@ -102,7 +103,7 @@ def compare_decoders(methods: dict[str, Callable], prompts: Sequence[torch.Tenso
             "method": n,
             "tokens": tokens,
             "target_calls": calls,
-            "tau": tokens / calls,
+            "tau": pooled_tau(tokens, calls),
             "alpha": acceptance_rate(res) if has_drafts else float("nan"),
             "tokens_per_s": tokens / statistics.median(seconds[n]),
             f"time_vs_{base}": statistics.median(a / b for a, b in zip(seconds[n], seconds[base])),

@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from tqdm.std import tqdm
 
-__all__ = ["TrainConfig", "Batches", "train", "lm_loss", "lr_at", "evaluate", "history_of", "steps_for_budget",
+__all__ = ["TrainConfig", "Batches", "train", "lm_loss", "lr_at", "held_out_stats", "history_of", "steps_for_budget",
            "autocast_dtype"]
 
 
@@ -157,7 +157,7 @@ def _autocast(cfg: TrainConfig, device: torch.device):
 
 
 @torch.no_grad()
-def evaluate(model, data: Batches, loss_fn, cfg: TrainConfig) -> dict:
+def held_out_stats(model, data: Batches, loss_fn, cfg: TrainConfig) -> dict:
     """Mean loss (and stats) over the first ``eval_batches`` batches of ``data`` (fixed order)."""
     device = next(model.parameters()).device
     model.eval()
@@ -330,7 +330,7 @@ def train(model, data: Batches, cfg: TrainConfig, out_dir, *, loss_fn: Callable 
         row["seconds"] = time.perf_counter() - start
         row["tokens_per_s"] = totals.get("tokens", 0.0) / row["seconds"]
         if eval_data is not None and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-            row.update(evaluate(model, eval_data, loss_fn, cfg))
+            row.update(held_out_stats(model, eval_data, loss_fn, cfg))
         history.append(row)
         bar.update()
         bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
