@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .artifacts import clear_finished, is_complete, read_manifest, resume_or_restart, write_manifest
-from .evaluate import greedy_agreement, tau_table
+from .evaluate import greedy_agreement
 from .metrics import pooled_tau
 from .generate import generate_distillation_rows, read_distillation_rows
 from .profiles import repo_root
@@ -93,35 +93,77 @@ class Measurements:
             raise RuntimeError("no distilled draft is finished; run the kd stage first")
         return result["best"]
 
-    def tau(self) -> dict:
-        """tau for every gamma of the profile, greedy, on ``eval`` and ``mt_bench``, for the
-        best draft (and the pretrained draft at ``eval_gamma``); resumes entry by entry."""
+    def greedy_answers(self, split: str) -> list[dict]:
+        """The target's plain greedy answers (fp32, one prompt at a time, the engine's own
+        decoding) to a held-out set, kept in ``greedy-<split>.json``; resumes prompt by prompt."""
+        from .analysis import greedy_answers
+        from .chat import chat_input_ids
         from .data import load_prompts
+
+        path = self.root / f"greedy-{split}.json"
+        spec = {"target": self.target_name, "dtype": str(self.target.dtype),
+                "max_new_tokens": self.P.eval_max_new_tokens}
+        saved = _read_json(path, {})
+        rows = saved.get("rows", []) if saved.get("spec") == spec else []
+        prompts = load_prompts(split)
+        for p in prompts[len(rows):]:
+            a = greedy_answers(self.target, self.tokenizer, [p], max_new_tokens=self.P.eval_max_new_tokens)[0]
+            rows.append({"id": a["id"], "category": a["category"], "tokens": a["tokens"], "budget": a["budget"]})
+            _atomic_json(path, {"spec": spec, "rows": rows})
+        for r, p in zip(rows, prompts):
+            r["input_ids"] = chat_input_ids(self.tokenizer, p["prompt"], device=self.target.device)
+        return rows
+
+    def tau(self) -> dict:
+        """tau on ``eval`` and ``mt_bench`` for every finished draft and every gamma of the
+        profile, greedy, fp32: from the target's greedy answers and one teacher-forced pass of
+        each draft (:func:`draftalign.analysis.replay_greedy`: the blocks the engine makes,
+        without decoding again), and checked against the engine itself for the shipped draft
+        at ``eval_gamma`` (tokens and target calls must be equal)."""
+        from .analysis import agreements, replay_table
+        from .speculative import speculative_generate
 
         P, path = self.P, self.root / "tau.json"
         if self.target.dtype != torch.float32:
             raise ValueError("tau is measured in fp32 (greedy exactness); pass --dtype float32")
-        done = _read_json(path, {"entries": {}})
-        best = self.shipped_draft_name()
-        jobs = [(best, g) for g in P.ref_gammas] + [(name, P.eval_gamma) for name in self.drafts() if name != best]
-        for name, gamma in jobs:
-            draft = self.load_draft(self.drafts()[name])
-            for split in ("eval", "mt_bench"):
-                key = f"{name}/{split}/gamma{gamma}"
-                if key in done["entries"]:
+        done = _read_json(path, {})
+        done.setdefault("entries", {})
+        done.setdefault("engine_check", {})
+        shipped = self.shipped_draft_name()
+        for split in ("eval", "mt_bench"):
+            answers = self.greedy_answers(split)
+            for name, folder in self.drafts().items():
+                if all(f"{name}/{split}/gamma{g}" in done["entries"] for g in P.ref_gammas):
                     continue
-                prompts = load_prompts(split)
-                table = tau_table(self.target, draft, self.tokenizer, prompts, gamma=gamma,
-                                  max_new_tokens=P.eval_max_new_tokens, progress=self.progress)
-                by_cat = table.groupby("category")[["tokens", "target_calls"]].sum()
-                done["entries"][key] = {
-                    "draft": name, "split": split, "gamma": gamma, "prompts": len(table),
-                    "tokens": int(table.tokens.sum()), "target_calls": int(table.target_calls.sum()),
-                    "tau": pooled_tau(table.tokens, table.target_calls),
-                    "by_category": (by_cat.tokens / by_cat.target_calls).round(3).to_dict()}
+                agree = agreements(self.load_draft(folder), answers)
+                for g in P.ref_gammas:
+                    table = replay_table(answers, agree, gamma=g)
+                    by_cat = table.groupby("category")[["tokens", "target_calls"]].sum()
+                    done["entries"][f"{name}/{split}/gamma{g}"] = {
+                        "draft": name, "split": split, "gamma": g, "prompts": len(table),
+                        "tokens": int(table.tokens.sum()), "target_calls": int(table.target_calls.sum()),
+                        "tau": pooled_tau(table.tokens, table.target_calls),
+                        "by_category": (by_cat.tokens / by_cat.target_calls).round(3).to_dict()}
                 done["versions"] = versions()
                 _atomic_json(path, done)
-                self.log(f"tau {key}: {done['entries'][key]['tau']:.3f}")
+                self.log(f"tau {name}/{split}: " + ", ".join(
+                    f"gamma {g} {done['entries'][f'{name}/{split}/gamma{g}']['tau']:.3f}" for g in P.ref_gammas))
+            check = P.eval_gamma if P.eval_gamma in P.ref_gammas else max(P.ref_gammas)
+            key = f"{shipped}/{split}/gamma{check}"
+            if key not in done["engine_check"]:
+                draft = self.load_draft(self.drafts()[shipped])
+                calls, same = 0, 0
+                for a in answers:
+                    res = speculative_generate(self.target, draft, a["input_ids"], max_new_tokens=P.eval_max_new_tokens,
+                                               gamma=check)
+                    calls += res.target_calls
+                    same += res.tokens == a["tokens"]
+                tokens = sum(len(a["tokens"]) for a in answers)
+                done["engine_check"][key] = {"tau_engine": tokens / calls, "target_calls_engine": calls,
+                                             "target_calls_replay": done["entries"][key]["target_calls"],
+                                             "outputs_equal_plain_greedy": f"{same} of {len(answers)}"}
+                _atomic_json(path, done)
+                self.log(f"engine check {key}: {done['engine_check'][key]}")
         return done
 
     def bench(self) -> dict:
