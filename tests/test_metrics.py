@@ -167,29 +167,27 @@ def test_metrics_on_real_speculative_results(tiny_llama):
     np.testing.assert_array_equal(per_position_acceptance(own), [1.0, 1.0, 1.0])
     assert mean_tau(own) == pytest.approx(100 / sum(r.target_calls for r in own))
     rnd = [speculative_generate(target, draft, p, max_new_tokens=20, gamma=3) for p in prompts]
-    acc = [a for r in rnd for a in r.accepted]
-    dr = [d for r in rnd for d in r.drafted]
-    assert acceptance_rate(rnd) == pytest.approx(sum(acc) / sum(min(a + 1, d) for a, d in zip(acc, dr)))
+    # counted from the blocks themselves: every accepted draft is a success, and a block
+    # that stopped before its last draft also had one failure (the rejected draft)
+    successes = failures = 0
+    for r in rnd:
+        for block, drafted in zip(r.blocks, r.drafted):
+            successes += block.n_accepted
+            failures += block.n_accepted < drafted
+    assert acceptance_rate(rnd) == pytest.approx(successes / (successes + failures))
     assert mean_tau(rnd) == pytest.approx(100 / sum(r.target_calls for r in rnd))
 
 
 def test_blocks_without_drafted_records_are_not_silently_dropped():
     """Blocks whose ``drafted`` entry is missing must not vanish from the metrics. A
     ``GenerationResult`` built by hand with ``accepted`` only (``drafted`` left at its
-    default ``[]``), or with a shorter ``drafted`` list, should either raise
-    ``ValueError`` or have all its blocks counted; today ``zip`` drops them silently:
-    acceptance_rate returns NaN and per-position rates use a subset of the blocks."""
+    default ``[]``) counts every block as a full one (each rejection one failure: 2
+    successes, 3 failures); a ``drafted`` list of another length is refused."""
     hand = GenerationResult(tokens=[0] * 5, target_calls=3, accepted=[2, 0, 0])
-    try:
-        rate = acceptance_rate([hand])
-    except ValueError:
-        pass
-    else:
-        assert not math.isnan(rate), "all 3 blocks of the result were ignored"
+    assert acceptance_rate([hand]) == pytest.approx(2 / 5)
+    np.testing.assert_allclose(per_position_acceptance([hand], gamma=3)[:2], [1 / 3, 1.0])
     short = SimpleNamespace(accepted=[2, 0, 0], drafted=[2])
-    try:
-        out = per_position_acceptance([short], gamma=2)
-    except ValueError:
-        pass
-    else:  # 3 blocks reached position 1, one of them passed it
-        assert out[0] == pytest.approx(1 / 3), out
+    with pytest.raises(ValueError, match="3 accepted counts but 1 drafted"):
+        per_position_acceptance([short], gamma=2)
+    with pytest.raises(ValueError):
+        acceptance_rate([short])

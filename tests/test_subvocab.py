@@ -257,10 +257,13 @@ def test_distill_a_sub_vocabulary_draft_lowers_tvd_and_saves_it(tiny_llama, tmp_
     assert isinstance(back, SubVocabDraft) and torch.equal(back.keep, keep)
     for a, b in zip(back.parameters(), sub.parameters()):
         torch.testing.assert_close(a, b)
-    # resuming from the checkpoint continues the same run
-    more = TrainConfig(max_steps=30, batch_size=8, lr=1e-2, warmup_steps=2, checkpoint_every=10)
+    # a run stopped after 10 steps and resumed from its checkpoint ends where the
+    # uninterrupted run ended
+    cut = sub_vocab_draft(tiny_llama(vocab_size=V, seed=2, init_std=0.1, eos_token_id=None), keep)
+    first = distill(cut, target, rows, tmp_path / "cut", loss="fkl", cfg=cfg, progress=False, stop_after=10)
+    assert len(first) == 10 and not (tmp_path / "cut" / "config.json").exists()
     again = sub_vocab_draft(tiny_llama(vocab_size=V, seed=2, init_std=0.1, eos_token_id=None), keep)
-    h2 = distill(again, target, rows, tmp_path, loss="fkl", cfg=more, progress=False)
+    h2 = distill(again, target, rows, tmp_path / "cut", loss="fkl", cfg=cfg, progress=False)
     assert len(h2) == 30
     for a, b in zip(again.parameters(), sub.parameters()):
         torch.testing.assert_close(a, b)
