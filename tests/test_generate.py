@@ -287,3 +287,25 @@ def test_sampling_follows_temperature_and_top_p_only(tiny_llama, tokenizer, tmp_
     assert abs(stopped - n * p) <= 5 * sd, (
         f"{stopped}/{n} answers sampled EOS first; temperature 1 / top_p 1 gives p(EOS) = {p:.3f} "
         f"(expected {n * p:.1f} +- {sd:.1f}): the sampler cuts the distribution beyond temperature/top_p")
+
+
+def test_cached_topk_is_aligned_with_answer_tokens_under_left_padding(tiny_llama, tokenizer, tmp_path):
+    """The top-k kept while answering a left-padded batch is, at every answer token, the
+    target's own top-k given that prompt and the answer so far (teacher forcing, alone)."""
+    from draftalign.generate import load_topk
+
+    model = tiny_llama(vocab_size=VOCAB, hidden_size=16, num_layers=1, num_heads=2, eos_token_id=EOS,
+                       max_position_embeddings=128, seed=4, init_std=0.5)
+    ds = generate_distillation_data(model, tokenizer, PROMPTS, tmp_path, **{**KW, "temperature": 0.0, "topk": 3})
+    topk = load_topk(tmp_path)
+    assert sorted(topk) == list(range(len(PROMPTS)))
+    for row in ds:
+        ids, logprobs = topk[row["index"]]
+        assert ids.shape == (len(row["response_ids"]), 3)
+        seq = torch.tensor([row["prompt_ids"] + row["response_ids"]])
+        with torch.no_grad():
+            logp = model(input_ids=seq).logits[0, len(row["prompt_ids"]) - 1:-1].float().log_softmax(-1)
+        want_lp, want_ids = logp.topk(3, dim=-1)
+        assert torch.equal(ids, want_ids)
+        torch.testing.assert_close(logprobs, want_lp, rtol=0, atol=2e-3)  # stored in fp16
+        assert torch.equal(ids[:, 0], torch.tensor(row["response_ids"]))  # greedy: the answer is the argmax

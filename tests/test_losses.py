@@ -519,3 +519,22 @@ def test_tvdpp_unknown_options_raise(options):
     d, t = _pair()
     with pytest.raises(ValueError):
         tvdpp(d, t, **options)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_recomputed_chunks_give_the_same_values_and_gradients(monkeypatch, name):
+    """Above ``CHECKPOINT_ABOVE`` logits each chunk is recomputed in the backward pass
+    (activation checkpointing): values and gradients must not change."""
+    d, t = _pair(B=3, T=5, V=9, seed=23)
+    mask = _mask(B=3, T=5, seed=23)
+    opts = {} if name != "tvd++" else {"normalize": "position"}
+    monkeypatch.setattr(L, "CHUNK", 2)
+    kept = _grad(LOSSES[name], d, t, mask, **opts)
+    calls = []
+    real = L.checkpoint
+    monkeypatch.setattr(L, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(L, "CHECKPOINT_ABOVE", 0)  # every selection now counts as large
+    recomputed = _grad(LOSSES[name], d, t, mask, **opts)
+    assert calls, "the checkpointed branch did not run"
+    torch.testing.assert_close(recomputed[0], kept[0], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(recomputed[1], kept[1], rtol=1e-5, atol=1e-7)

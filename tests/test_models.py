@@ -188,3 +188,41 @@ def test_make_draft_for_the_real_target(real_target):
     assert n == _llama_params(49152, 64, 2, draft.config.intermediate_size, 1, 1, tied=True)
     assert size_ratio(draft, model) == pytest.approx(n / 134_515_008)
     check_compatible(model, draft)
+
+
+def test_layer_subset_draft_renumbers_the_kept_layers(tiny_llama):
+    from draftalign.models import layer_subset_draft
+
+    target = tiny_llama(vocab_size=24, hidden_size=16, num_layers=4, num_heads=2, seed=5, init_std=0.3)
+    draft = layer_subset_draft(target, [0, 2])
+    assert draft.config.num_hidden_layers == 2
+    for new, old in enumerate([0, 2]):
+        for (n1, a), (n2, b) in zip(draft.model.layers[new].named_parameters(),
+                                    target.model.layers[old].named_parameters()):
+            assert n1 == n2 and torch.equal(a, b) and a.data_ptr() != b.data_ptr()  # a copy
+    ids = torch.tensor([[1, 5, 9, 3]])
+    torch.testing.assert_close(layer_subset_draft(target, 4)(input_ids=ids).logits, target(input_ids=ids).logits)
+    assert not torch.allclose(draft(input_ids=ids).logits, target(input_ids=ids).logits)
+    for bad in ([], [0, 0], [4], 0):
+        with pytest.raises(ValueError):
+            layer_subset_draft(target, bad)
+
+
+def test_offline_fallback_when_the_hub_cannot_be_reached(monkeypatch):
+    """With no hub, the default target comes from the offline copy (the GGUF converted once)
+    and says so; another hub id fails with both reasons named."""
+    import draftalign.models as M
+
+    monkeypatch.setattr(M, "hub_reachable", lambda timeout=3.0: False)
+    real = M._from_folder
+
+    def no_cache(name_or_path, device, dtype, *, source, local_files_only=False):
+        if local_files_only:
+            raise OSError("not in the local cache")
+        return real(name_or_path, device, dtype, source=source)
+
+    monkeypatch.setattr(M, "_from_folder", no_cache)
+    model, tokenizer = M.load_target()
+    assert model.draftalign_source.startswith("offline-gguf:") and tokenizer.eos_token_id == 2
+    with pytest.raises(RuntimeError, match="hub unreachable"):
+        M.load_target("someone/some-model")
