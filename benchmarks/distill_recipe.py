@@ -26,6 +26,7 @@ import time
 
 import torch
 
+from draftalign.cli import _data_folder, _loss, _positive
 from draftalign.data import load_prompts
 from draftalign.distill import distill
 from draftalign.evaluate import tau_table
@@ -53,13 +54,13 @@ def build_draft(spec: str, target, tokenizer):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--draft", default="pretrained")
-    ap.add_argument("--loss", default="fkl")
-    ap.add_argument("--data", default=get_profile("cpu").kd_data)
-    ap.add_argument("--steps", type=int, default=96)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--max-length", type=int, default=320)
+    ap.add_argument("--loss", type=_loss, default="fkl")
+    ap.add_argument("--data", type=_data_folder, default=get_profile("cpu").kd_data)
+    ap.add_argument("--steps", type=_positive(int), default=96)
+    ap.add_argument("--batch", type=_positive(int), default=8)
+    ap.add_argument("--lr", type=_positive(float), default=3e-3)
+    ap.add_argument("--warmup", type=_positive(int), default=10)
+    ap.add_argument("--max-length", type=_positive(int), default=320)
     ap.add_argument("--freeze-embeddings", action="store_true")
     ap.add_argument("--full-vocab", action="store_true", help="keep the output layer over the whole vocabulary")
     ap.add_argument("--sub-vocab-topk", type=int, default=get_profile("cpu").kd_sub_vocab or 4,
@@ -67,6 +68,9 @@ def main() -> None:
     ap.add_argument("--tau-per-category", type=int, default=1, help="evaluation prompts per category")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    kind = args.draft.partition(":")[0]
+    if args.draft != "pretrained" and kind not in ("fresh", "layers"):  # checked before anything loads
+        ap.error(f"--draft must be pretrained, fresh:H,L or layers:I,J,..., got {args.draft!r}")
     torch.set_num_threads(args.threads)
 
     target, tokenizer = load_target()

@@ -134,3 +134,24 @@ def test_check_reports_an_incompatible_draft(qwen_target, tmp_path, capsys, tiny
     assert cli.main(["check", "--target", str(qwen_target), "--draft", str(tmp_path / "small")]) == 1
     out = capsys.readouterr().out
     assert "transformers  NO" in out and "vocab_size 300" in out
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["benchmarks/distill_recipe.py", "--loss", "bogus"], "--loss"),
+    (["benchmarks/distill_recipe.py", "--draft", "nonsense"], "--draft"),
+    (["-m", "draftalign.generate", "--out", "x", "--samples", "0"], "--samples"),
+    (["benchmarks/speculative_vs_autoregressive.py", "--gamma", "0"], "--gamma"),
+    (["benchmarks/speculative_vs_autoregressive.py", "--draft", "/nonexistent"], "--draft"),
+])
+def test_scripts_check_their_arguments_first(argv, flag):
+    """The older entry points fail on a bad flag within seconds, naming it (before any model loads)."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, *argv], cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and flag in proc.stderr, proc.stderr[-500:]
+    assert "Loading" not in proc.stderr and time.perf_counter() - start < 60

@@ -67,7 +67,12 @@ def main():
         tok.save_pretrained(folder)
     # the prompt pool: the longest one that came back (pools only grow, prefix-stable)
     if args.pool:
-        shutil.copy(args.pool, run.root / "prompts" / "pool.jsonl")
+        if args.pool.endswith(".gz"):
+            import gzip
+
+            (run.root / "prompts" / "pool.jsonl").write_bytes(gzip.decompress(Path(args.pool).read_bytes()))
+        else:
+            shutil.copy(args.pool, run.root / "prompts" / "pool.jsonl")
     pool = [json.loads(line) for line in (run.root / "prompts" / "pool.jsonl").read_text().splitlines()]
     counts = {s: sum(p["source"] == s for p in pool) for s in ("builtin", "passage", "magpie")}
     if counts["magpie"] >= P.ref_self_instruct:

@@ -257,11 +257,13 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m draftalign.generate", description=main.__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--split", default="distill", choices=["distill", "eval"])
-    ap.add_argument("--samples", type=int, default=1, help="answers per prompt (different seeds)")
-    ap.add_argument("--max-new-tokens", type=int, default=192)
-    ap.add_argument("--temperature", type=float, default=0.7)
-    ap.add_argument("--top-p", type=float, default=0.95)
-    ap.add_argument("--batch-size", type=int, default=32)
+    from .cli import _non_negative_float, _positive, _probability
+
+    ap.add_argument("--samples", type=_positive(int), default=1, help="answers per prompt (different seeds)")
+    ap.add_argument("--max-new-tokens", type=_positive(int), default=192)
+    ap.add_argument("--temperature", type=_non_negative_float, default=0.7)
+    ap.add_argument("--top-p", type=_probability, default=0.95)
+    ap.add_argument("--batch-size", type=_positive(int), default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--threads", type=int, default=None)
