@@ -159,7 +159,14 @@ def test_load_prompts_errors():
 
 
 def test_load_prompts_outside_the_project(monkeypatch, tmp_path):
+    """From another working directory (a notebook kernel restarted in /content) the
+    prompts are found through the package's own source tree; an installed package with no
+    project around it gets an error naming the folder."""
+    import draftalign.profiles as profiles_mod
+
     monkeypatch.chdir(tmp_path)
+    assert len(load_prompts("eval")) == 72
+    monkeypatch.setattr(profiles_mod, "__file__", str(tmp_path / "site-packages" / "draftalign" / "profiles.py"))
     with pytest.raises(FileNotFoundError, match="data/prompts"):
         load_prompts("eval")
 
@@ -239,3 +246,20 @@ def test_manifest_spec_mismatch(tmp_path, change):
     write_manifest(tmp_path, {**spec, **change})  # rewriting replaces the manifest
     assert is_complete(tmp_path, {**spec, **change}) and not is_complete(tmp_path, spec)
     assert read_manifest(tmp_path)["inputs"] == {} and read_manifest(tmp_path)["results"] == {}
+
+
+def test_dolly_prompts_from_a_local_stand_in(monkeypatch):
+    """The hub path with a small local dataset standing in for Dolly: categories mapped onto
+    the book's, context appended after the instruction and capped in words."""
+    import datasets
+
+    rows = [{"instruction": "Summarize this.", "context": "Word. " * 1000, "category": "summarization"},
+            {"instruction": "Which is a fish?", "context": "", "category": "classification"},
+            {"instruction": "Tell me about tides.", "context": "Tides rise.", "category": "general_qa"}]
+    monkeypatch.setattr(data_mod, "hub_reachable", lambda *a, **k: True)
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, split: datasets.Dataset.from_list(rows))
+    out = load_hub_prompts("databricks/databricks-dolly-15k", seed=0, max_context_words=50)
+    assert len(out) == 3 and {r["category"] for r in out} == {"summarization", "classification", "open_qa"}
+    long = next(r for r in out if r["category"] == "summarization")
+    assert long["prompt"].startswith("Summarize this.\n\n") and len(long["prompt"].split()) <= 52
+    assert next(r for r in out if r["category"] == "open_qa")["prompt"] == "Tell me about tides.\n\nTides rise."

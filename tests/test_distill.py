@@ -424,3 +424,17 @@ def test_distill_with_full_cached_topk_matches_online(distill_setup, tmp_path):
         assert h_c[col].tolist() == pytest.approx(h_on[col].tolist(), rel=1e-4, abs=1e-6)
     for a, b in zip(draft_c.parameters(), draft_on.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_stats_in_chunks_equal_the_whole():
+    from draftalign.distill import _tvd_and_agreement
+
+    g = torch.Generator().manual_seed(3)
+    d, t = torch.randn(10, 7, generator=g) * 2, torch.randn(10, 7, generator=g) * 2
+    whole = _tvd_and_agreement(d, t, chunk=100)
+    parts = _tvd_and_agreement(d, t, chunk=3)
+    torch.testing.assert_close(parts[0], whole[0])
+    assert torch.equal(parts[1], whole[1])
+    torch.testing.assert_close(whole[0], 0.5 * (d.softmax(-1) - t.softmax(-1)).abs().sum(-1))
+    empty = _tvd_and_agreement(d[:0], t[:0])
+    assert empty[0].numel() == 0 and empty[1].numel() == 0

@@ -10,16 +10,10 @@ import pytest
 import torch
 
 from draftalign.metrics import (acceptance_rate, cost_ratio_from_params, expected_tau, mbsu,
-                                mean_tau, per_position_acceptance, speedup)
+                                mean_tau, per_position_acceptance, simulate_blocks, simulate_tau,
+                                speedup, tvd_probs)
 from draftalign.models import make_draft
 from draftalign.speculative import GenerationResult, speculative_generate
-
-
-def _simulate_blocks(alpha, gamma, n_blocks, rng):
-    """Accepted counts of ``n_blocks`` blocks under i.i.d. Bernoulli(alpha) acceptance:
-    the length of the run of successes before the first failure, capped at gamma."""
-    ok = rng.random((n_blocks, gamma)) < alpha
-    return np.where(ok.all(1), gamma, np.argmin(ok, axis=1))
 
 
 def _result(accepted, drafted):
@@ -37,7 +31,7 @@ def test_expected_tau_matches_monte_carlo(alpha, gamma):
     """``(1 - a^(g+1)) / (1 - a)`` is the mean of (accepted prefix + 1) over simulated
     blocks with i.i.d. acceptance, within 5 standard errors."""
     rng = np.random.default_rng(int(alpha * 100) + gamma)
-    tokens = _simulate_blocks(alpha, gamma, 100_000, rng) + 1
+    tokens = simulate_blocks(alpha, gamma, 100_000, seed=rng) + 1
     se = tokens.std() / math.sqrt(len(tokens))
     assert abs(tokens.mean() - expected_tau(alpha, gamma)) <= 5 * se + 1e-12
     assert expected_tau(alpha, gamma) == pytest.approx(sum(alpha ** k for k in range(gamma + 1)))
@@ -61,6 +55,68 @@ def test_expected_tau_limits_and_monotonicity():
 def test_expected_tau_rejects_bad_input(alpha, gamma, match):
     with pytest.raises(ValueError, match=match):
         expected_tau(alpha, gamma)
+
+
+# ------------------------------------------------- simulated blocks, tvd_probs
+
+def test_simulated_blocks_extremes_and_tau():
+    """alpha = 0: no draft accepted (tau 1); alpha = 1: all gamma (tau gamma + 1);
+    simulate_tau is the mean of accepted + 1 over the same blocks."""
+    assert simulate_blocks(0.0, 4, 7, seed=1).tolist() == [0] * 7
+    assert simulate_blocks(1.0, 4, 7, seed=1).tolist() == [4] * 7
+    assert simulate_tau(0.0, 4, 50) == 1.0 and simulate_tau(1.0, 4, 50) == 5.0
+    blocks = simulate_blocks(0.6, 3, 1_000, seed=5)
+    assert blocks.shape == (1_000,) and set(blocks.tolist()) <= {0, 1, 2, 3}
+    assert simulate_tau(0.6, 3, 1_000, seed=5) == pytest.approx((blocks + 1).mean())
+
+
+def test_simulated_blocks_count_the_run_before_the_first_rejection():
+    """Each block is the number of leading uniforms below alpha (gamma when all are)."""
+    rng = np.random.default_rng(11)
+    u = rng.random((2_000, 4))
+    expected = [next((i for i, x in enumerate(row) if x >= 0.7), 4) for row in u]
+    assert simulate_blocks(0.7, 4, 2_000, seed=11).tolist() == expected
+
+
+def test_simulated_blocks_continue_a_generators_stream():
+    """The same int seed repeats the blocks; a Generator is consumed, so two calls on one
+    generator give the blocks of one call twice as long."""
+    assert simulate_blocks(0.5, 3, 100, seed=2).tolist() == simulate_blocks(0.5, 3, 100, seed=2).tolist()
+    rng = np.random.default_rng(2)
+    two = np.concatenate([simulate_blocks(0.5, 3, 100, seed=rng), simulate_blocks(0.5, 3, 100, seed=rng)])
+    assert two.tolist() == simulate_blocks(0.5, 3, 200, seed=2).tolist()
+
+
+@pytest.mark.parametrize("args, match", [((0.5, 4, 0), "blocks"), ((1.5, 4, 10), "alpha"),
+                                         ((0.5, 0, 10), "gamma")])
+def test_simulate_tau_rejects_bad_input(args, match):
+    with pytest.raises(ValueError, match=match):
+        simulate_tau(*args)
+
+
+def test_tvd_probs_known_values():
+    """Half the L1 distance: 0 for equal vectors, 1 for disjoint ones, and a float."""
+    p, q = torch.tensor([0.5, 0.5, 0.0]), torch.tensor([1.0, 0.0, 0.0])
+    assert tvd_probs(p, q) == 0.5 and isinstance(tvd_probs(p, q), float)
+    assert tvd_probs(p, p) == 0.0
+    assert tvd_probs(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])) == 1.0
+    assert tvd_probs(np.array([0.2, 0.8]), np.array([0.6, 0.4])) == pytest.approx(0.4)
+
+
+def test_tvd_probs_is_one_minus_acceptance_and_the_logits_tvd():
+    """Along the last axis: ``1 - sum min(p, q)`` (eq. beta), the same as losses.tvd on the
+    logits, and symmetric."""
+    from draftalign.losses import tvd
+
+    g = torch.Generator().manual_seed(0)
+    p, q = (torch.randn(2, 3, 10, generator=g) * 2).softmax(-1), (torch.randn(2, 3, 10, generator=g) * 2).softmax(-1)
+    d = tvd_probs(p, q)
+    assert d.shape == (2, 3)
+    assert torch.allclose(d, 1 - torch.minimum(p, q).sum(-1), atol=1e-6)
+    assert torch.allclose(d, tvd(q.log(), p.log()), atol=1e-6)
+    assert torch.equal(d, tvd_probs(q, p))
+    with pytest.raises(ValueError, match="shape"):
+        tvd_probs(p, q[..., :5])
 
 
 # ------------------------------------------------------- speedup, mbsu, cost ratio
@@ -131,11 +187,11 @@ def test_metrics_recover_a_known_alpha(alpha):
     rng, gamma = np.random.default_rng(42), 4
     results = []
     for _ in range(400):
-        acc = _simulate_blocks(alpha, gamma, 30, rng).tolist()
+        acc = simulate_blocks(alpha, gamma, 30, seed=rng).tolist()
         dr = [gamma] * 30
         last_d = int(rng.integers(0, gamma))  # a last block cut to last_d drafts
         dr.append(last_d)
-        acc.append(min(last_d, int(_simulate_blocks(alpha, gamma, 1, rng)[0])))
+        acc.append(min(last_d, int(simulate_blocks(alpha, gamma, 1, seed=rng)[0])))
         results.append(_result(acc, dr))
     n_trials = sum(min(a + 1, d) for r in results for a, d in zip(r.accepted, r.drafted))
     tol = 5 * math.sqrt(alpha * (1 - alpha) / n_trials)

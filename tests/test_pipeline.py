@@ -64,8 +64,11 @@ def test_pretrained_draft_is_reused_rebuilt_and_carries_a_card(target, tokenizer
     for a, b in zip(draft.parameters(), again.parameters()):
         torch.testing.assert_close(a, b)
     longer = get_profile("ci", **{**TINY, "pretrain_steps": 3})
-    _, history, manifest = pipeline.pretrained_draft(target, tokenizer, longer, progress=False)
+    with pytest.warns(UserWarning, match="kept as .*draft-pretrained.previous"):
+        _, history, manifest = pipeline.pretrained_draft(target, tokenizer, longer, progress=False)
     assert len(history) == 3 and manifest["spec"]["train"]["max_steps"] == 3
+    kept = json.loads((runs / "ci" / "draft-pretrained.previous" / "manifest.json").read_text())
+    assert kept["spec"]["train"]["max_steps"] == 2  # the finished artifact of the other spec is not destroyed
 
 
 def test_a_checkpoint_of_other_settings_is_restarted(target, tokenizer, runs):
@@ -87,9 +90,12 @@ def test_distillation_data_is_reused_and_rebuilt(target, tokenizer, runs, monkey
     assert len(ds) == 9
     with monkeypatch.context() as m:
         _no_training(m)
+        m.setattr(pipeline, "distill_prompts", lambda P: (_ for _ in ()).throw(AssertionError("prompts loaded")))
+        # reused as it is: neither generated again nor its prompts fetched (a hub dataset needs the network)
         assert pipeline.distillation_data(target, tokenizer, P, progress=False)["response_ids"] == ds["response_ids"]
     changed = get_profile("ci", **{**TINY, "distill_max_new_tokens": 3})
-    shorter = pipeline.distillation_data(target, tokenizer, changed, progress=False)
+    with pytest.warns(UserWarning, match="kept as"):
+        shorter = pipeline.distillation_data(target, tokenizer, changed, progress=False)
     assert max(len(r) for r in shorter["response_ids"]) <= 3
 
 

@@ -64,9 +64,18 @@ def is_complete(folder, spec: dict) -> bool:
 
 def clear_finished(folder) -> None:
     """A finished artifact (it has a manifest) that the caller is about to rebuild because
-    its spec differs: removed, so the stage starts afresh."""
+    its spec differs: moved aside to ``<folder>.previous`` (replacing an older one there),
+    with a warning, so the stage starts afresh and nothing finished is destroyed (a target
+    that fell back to its offline copy changes every spec; the hub's artifacts stay)."""
+    import warnings
+
+    folder = Path(folder)
     if read_manifest(folder) is not None:
-        shutil.rmtree(folder)
+        aside = folder.with_name(folder.name + ".previous")
+        if aside.exists():
+            shutil.rmtree(aside)
+        folder.rename(aside)
+        warnings.warn(f"{folder} was built with other settings; kept as {aside}, rebuilding", stacklevel=2)
 
 
 def resume_or_restart(run):

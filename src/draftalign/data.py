@@ -73,13 +73,24 @@ def load_prompts(split: str = "distill", *, categories=None, limit_per_category:
     return rows
 
 
+def _cap_words(text: str, n: int) -> str:
+    """``text`` cut to its first ``n`` words (at the last sentence end before them, if any)."""
+    words = text.split()
+    if len(words) <= n:
+        return text
+    cut = " ".join(words[:n])
+    return cut[: cut.rindex(".") + 1] if "." in cut[len(cut) // 2:] else cut
+
+
 def load_hub_prompts(name: str = "databricks/databricks-dolly-15k", *, limit: int | None = None,
-                     seed: int = 0) -> list[dict]:
+                     seed: int = 0, max_context_words: int = 300) -> list[dict]:
     """Prompts from a public instruction dataset on the Hugging Face hub (the ``gpu``
     profile). Supported: ``databricks/databricks-dolly-15k`` (instruction + context,
     categories mapped onto ours) and ``OpenAssistant/oasst1`` (first user turns in English).
 
-    Offline this raises ``RuntimeError`` naming the dataset; use :func:`load_prompts`.
+    A Dolly context longer than ``max_context_words`` is cut there (at a sentence end), so
+    prompts stay a few hundred tokens wide in a batch. Offline this raises ``RuntimeError``
+    naming the dataset; use :func:`load_prompts`.
     """
     import datasets
 
@@ -97,8 +108,8 @@ def load_hub_prompts(name: str = "databricks/databricks-dolly-15k", *, limit: in
     if "dolly" in name:
         for r in ds:
             text = r["instruction"].strip()
-            if r.get("context"):
-                text += "\n\n" + r["context"].strip()
+            if r.get("context"):  # capped: a few Dolly contexts run to thousands of tokens
+                text += "\n\n" + _cap_words(r["context"].strip(), max_context_words)
             rows.append({"id": f"dolly-{len(rows)}", "category": _DOLLY.get(r["category"], "open_qa"),
                          "prompt": text})
             if limit and len(rows) >= limit:

@@ -10,11 +10,16 @@ or taken from the target's top-k cached with the data (:mod:`draftalign.cached_l
 an approximation whose tail is spread flat); only positions whose next token belongs to
 the target's answer enter the loss. A draft over a sub-vocabulary (:mod:`draftalign.subvocab`) trains
 in its own small space, against the target restricted to its tokens.
+
+Two measurements of Chapter 4 live here too: the variance of a loss's gradient estimators
+on a batch (:func:`gradient_variance`) and the acceptance ceilings a sub-vocabulary puts
+on held-out answers (:func:`sub_vocab_ceilings`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Sequence
 
 import pandas as pd
 import torch
@@ -26,7 +31,7 @@ from .subvocab import SubVocabDraft
 from .train import Batches, TrainConfig, train
 
 __all__ = ["distill_examples", "expand_topk", "restrict_topk", "answer_logits", "kd_loss_fn", "distill",
-           "token_budget"]
+           "token_budget", "logit_gradient", "gradient_variance", "sub_vocab_ceilings"]
 
 
 def distill_examples(dataset, *, max_length: int | None = None, topk: dict | None = None) -> list[dict]:
@@ -78,6 +83,20 @@ def _sub_vocab_loss(fn, target, draft: SubVocabDraft, batch: dict, options: dict
         tvd_rows = 0.5 * ((q - p).abs().sum(-1) + (1 - p.sum(-1)).clamp(min=0))  # the mass outside counts too
         agree = draft.keep[q.argmax(-1)] == best
     return _result(per_pos, draft_logits, pos, tvd_rows, agree)
+
+
+def _tvd_and_agreement(draft_logits, target_logits, chunk: int = 1024):
+    """Per row of ``[n, V]`` logits: TVD between the two softmaxes and whether their argmaxes
+    agree, a chunk of rows at a time (four fp32 ``[n, V]`` tensors at once would not fit a
+    GPU's memory at the ``gpu`` profile's batch)."""
+    tvd, agree = [], []
+    for start in range(0, draft_logits.shape[0], chunk):
+        d, t = draft_logits[start:start + chunk].float(), target_logits[start:start + chunk].float()
+        tvd.append(0.5 * (d.softmax(-1) - t.softmax(-1)).abs().sum(-1))
+        agree.append(d.argmax(-1) == t.argmax(-1))
+    if not tvd:
+        return draft_logits.new_zeros(0), torch.zeros(0, dtype=torch.bool)
+    return torch.cat(tvd), torch.cat(agree)
 
 
 def _result(per_pos, draft_logits, pos, tvd_rows, agree):
@@ -139,8 +158,7 @@ def kd_loss_fn(target, loss: str, **options):
                 target_logits = answer_logits(target, ids, attn, pos)  # [1, n, V]
         per_pos = fn(draft_logits, target_logits, None, labels=labels, **options)  # [1, n]
         with torch.no_grad():
-            q, p = draft_logits[0].float().softmax(-1), target_logits[0].float().softmax(-1)
-            tvd_rows, agree = 0.5 * (q - p).abs().sum(-1), q.argmax(-1) == p.argmax(-1)
+            tvd_rows, agree = _tvd_and_agreement(draft_logits[0], target_logits[0])
         return _result(per_pos, draft_logits, pos, tvd_rows, agree)
 
     return loss_fn
@@ -169,3 +187,76 @@ def distill(draft, target, dataset, out_dir, *, loss: str, cfg: TrainConfig, max
 def token_budget(examples: Sequence[dict]) -> int:
     """Answer tokens in a list of examples (what one epoch of distillation trains on)."""
     return sum(sum(e["loss_mask"]) for e in examples)
+
+
+def logit_gradient(loss: Callable, draft_logits: torch.Tensor, target_logits: torch.Tensor, *,
+                   labels: torch.Tensor | None = None, seed: int = 0, **options) -> torch.Tensor:
+    """The gradient of ``loss(draft_logits, target_logits).sum()`` with respect to the
+    draft's logits ``[B, T, V]``, flattened to ``[B * T * V]``.
+
+    ``loss``: a registered loss (:data:`draftalign.losses.LOSSES`); ``labels [B, T]`` and
+    ``options`` are passed on, and a generator seeded with ``seed`` to losses that sample
+    (``generator`` in their signature), so each seed is one draw of a sampled estimator.
+    """
+    z = draft_logits.detach().clone().requires_grad_(True)
+    params = inspect.signature(loss).parameters
+    if "generator" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        options = {**options, "generator": torch.Generator(device=z.device).manual_seed(seed)}
+    loss(z, target_logits, None, labels=labels, **options).sum().backward()
+    return z.grad.flatten()
+
+
+def gradient_variance(estimators: dict[str, tuple[Callable, dict]], draft_logits: torch.Tensor,
+                      target_logits: torch.Tensor, *, labels: torch.Tensor | None = None,
+                      seeds: int = 16) -> pd.DataFrame:
+    """How noisy, and how far from TVD's, each gradient estimator is on one batch.
+
+    ``estimators``: ``{name: (loss, options)}``, e.g. ``(tvdpp, {"estimator": "sampled"})``.
+    Each is evaluated with seeds ``0 .. seeds - 1`` (:func:`logit_gradient`). One row per
+    estimator: ``relative variance`` ``E||g - g_mean||^2 / ||g_mean||^2`` across seeds (0 up to
+    rounding for an exact estimator) and ``cosine of mean with TVD gradient`` (the exact
+    gradient of :func:`draftalign.losses.tvd`, book eq. ``tvd-grad``); both ``nan`` when
+    the mean gradient is 0 (every sampled reward the same: no signal).
+    """
+    from .losses import tvd
+
+    reference = logit_gradient(tvd, draft_logits, target_logits, labels=labels)  # [B * T * V]
+    rows = []
+    for name, (loss, options) in estimators.items():
+        grads = torch.stack([logit_gradient(loss, draft_logits, target_logits, labels=labels, seed=seed, **options)
+                             for seed in range(seeds)])  # [seeds, B * T * V]
+        mean = grads.mean(0)
+        size = (mean.norm() ** 2).item()
+        rows.append({"estimator": name,
+                     "relative variance": ((grads - mean) ** 2).sum(1).mean().item() / size if size else float("nan"),
+                     "cosine of mean with TVD gradient":
+                         torch.nn.functional.cosine_similarity(mean, reference, 0).item() if size else float("nan")})
+    return pd.DataFrame(rows).set_index("estimator")
+
+
+@torch.no_grad()
+def sub_vocab_ceilings(target, rows, keep: torch.Tensor, *, max_length: int | None = None, pad_id: int = 0,
+                       batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two ceilings a sub-vocabulary ``S = keep`` puts on acceptance (book eq.
+    ``subvocab-ceiling``), at every answer position of ``rows`` (a distillation dataset),
+    with the exact target.
+
+    Returns ``p(S)`` ``[n]``, the target's probability on the kept tokens (``1 - TVD`` of a
+    draft that is 0 outside ``S`` cannot exceed it: the ceiling on sampled acceptance), and
+    ``[n]`` 1.0 where the target's most likely token is in ``S``, else 0.0 (the ceiling on
+    greedy acceptance). Positions as in training: :func:`distill_examples` with ``max_length``.
+    """
+    device = next(target.parameters()).device
+    data = Batches(distill_examples(rows, max_length=max_length), pad_id=pad_id)
+    in_s = None
+    mass, top_in = [], []
+    for start in range(0, len(data), batch_size):
+        b = {k: v.to(device) for k, v in data.get(list(range(start, min(len(data), start + batch_size)))).items()}
+        pos = b["loss_mask"][:, 1:].bool()
+        probs = answer_logits(target, b["input_ids"], b["attention_mask"], pos)[0].float().softmax(-1)  # [n, V]
+        if in_s is None:
+            in_s = torch.zeros(probs.shape[-1], dtype=torch.bool, device=device)
+            in_s[torch.as_tensor(keep, device=device)] = True
+        mass.append(probs[:, in_s].sum(-1))
+        top_in.append(in_s[probs.argmax(-1)])
+    return torch.cat(mass), torch.cat(top_in).float()

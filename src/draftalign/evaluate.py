@@ -2,6 +2,8 @@
 
 Reads a target, a draft, the tokenizer and prompt dicts (``id``, ``category``,
 ``prompt``); writes nothing. Every chapter that trains a draft reports tau with it.
+Chapter 4's yardstick, the agreement of an n-gram table with the target's cached top-1
+(:func:`ngram_agreement`, :func:`topk_labelled`), is here too.
 tau is a count (tokens per target call), so it is immune to timing noise.
 """
 
@@ -17,7 +19,7 @@ from .chat import chat_input_ids
 from .metrics import acceptance_rate
 from .speculative import speculative_generate
 
-__all__ = ["tau_table", "tau_by_category", "ngram_agreement", "greedy_agreement"]
+__all__ = ["tau_table", "tau_by_category", "ngram_agreement", "topk_labelled", "greedy_agreement"]
 
 
 def tau_table(target, draft, tokenizer, prompts: list[dict], *, gamma: int = 4, max_new_tokens: int = 48,
@@ -82,6 +84,26 @@ def ngram_agreement(train: list[dict], held_out: list[dict], *, n: int = 4) -> f
     if not total:
         raise ValueError("no held-out positions")
     return hits / total
+
+
+def topk_labelled(rows, topk: dict) -> list[dict]:
+    """Rows for :func:`ngram_agreement`: ``prompt_ids``, ``response_ids`` and ``labels``, the
+    target's most likely token at each answer position, read from its cached top-k.
+
+    ``rows``: dicts (or a dataset) with ``index``, ``prompt_ids`` and ``response_ids``;
+    ``topk``: ``{index: (ids [L, k], logprobs [L, k])}`` (:func:`draftalign.generate.load_topk`).
+    The answer is cut to the positions the cache covers.
+    """
+    out = []
+    for r in rows:
+        if r["index"] not in topk:
+            raise ValueError(f"no cached top-k for row {r['index']}")
+        ids, logprobs = topk[r["index"]]
+        best = ids.gather(1, logprobs.argmax(1, keepdim=True))[:, 0]  # [L]
+        n = min(len(best), len(r["response_ids"]))
+        out.append({"prompt_ids": r["prompt_ids"], "response_ids": r["response_ids"][:n],
+                    "labels": best[:n].tolist()})
+    return out
 
 
 @torch.inference_mode()

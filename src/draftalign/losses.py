@@ -182,8 +182,10 @@ def tvdpp(draft_logits, target_logits, mask=None, *, estimator: str = "exact", n
         if estimator == "exact":
             tokens = None
         elif estimator == "sampled":
-            tokens = torch.cat([torch.multinomial(F.softmax(draft[idx[s:s + CHUNK]].detach().float(), -1),
-                                                  num_samples, replacement=True, generator=generator)
+            # drawn on the generator's device (a CPU generator gives the same tokens on any device)
+            where = generator.device if generator is not None else draft.device
+            tokens = torch.cat([torch.multinomial(F.softmax(draft[idx[s:s + CHUNK]].detach().float(), -1).to(where),
+                                                  num_samples, replacement=True, generator=generator).to(draft.device)
                                 for s in range(0, len(idx), CHUNK)]) if len(idx) else idx.new_zeros(0, num_samples)
         else:
             tokens = labels.reshape(-1)[idx].unsqueeze(1)  # [n, 1]

@@ -1,8 +1,8 @@
 """Speculative decoding metrics: block efficiency, speed-up, memory-bound speed-up.
 
 Reads nothing from disk. Used by every chapter that measures a draft: Chapter 1 derives
-the formulas, Chapters 2, 4 and 5 apply them to results of
-:func:`draftalign.speculative.speculative_generate`.
+the formulas (and checks eq. ``tau-iid`` against :func:`simulate_tau`), Chapters 2, 4 and
+5 apply them to results of :func:`draftalign.speculative.speculative_generate`.
 
 Notation (the book's): ``gamma`` drafted tokens per block, ``alpha`` the probability that
 one drafted token is accepted, ``tau`` block efficiency (tokens produced per target
@@ -17,6 +17,9 @@ import numpy as np
 
 __all__ = [
     "expected_tau",
+    "simulate_blocks",
+    "simulate_tau",
+    "tvd_probs",
     "speedup",
     "mbsu",
     "cost_ratio_from_params",
@@ -46,6 +49,44 @@ def expected_tau(alpha: float, gamma: int) -> float:
     if alpha == 1.0:
         return float(gamma + 1)
     return float((1.0 - alpha ** (gamma + 1)) / (1.0 - alpha))
+
+
+def simulate_blocks(alpha: float, gamma: int, blocks: int, seed=0) -> np.ndarray:
+    """Accepted drafts per block, ``[blocks]``, when each of the ``gamma`` drafts is accepted
+    independently with probability ``alpha``: the run of acceptances before the first
+    rejection, ``gamma`` if there is none.
+
+    ``seed``: an int, or a ``numpy.random.Generator`` whose stream the draws continue (so
+    that successive calls on one generator give independent blocks).
+    """
+    gamma = _check_gamma(gamma)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
+    rng = np.random.default_rng(seed)  # a Generator is returned as it is
+    ok = rng.random((int(blocks), gamma)) < alpha  # [blocks, gamma]
+    return np.where(ok.all(axis=1), gamma, ok.argmin(axis=1))  # first rejection, else gamma
+
+
+def simulate_tau(alpha: float, gamma: int, blocks: int, seed=0) -> float:
+    """Mean tokens per block (accepted drafts + the target's one) over ``blocks`` simulated
+    blocks (:func:`simulate_blocks`): a Monte Carlo estimate of :func:`expected_tau`."""
+    if blocks < 1:
+        raise ValueError(f"blocks must be >= 1, got {blocks!r}")
+    return float((simulate_blocks(alpha, gamma, blocks, seed) + 1).mean())
+
+
+def tvd_probs(p, q):
+    """Total variation distance ``(1/2) sum_x |p(x) - q(x)|`` between probability vectors
+    along the last axis (torch tensors or numpy arrays): ``1 - TVD`` is the probability
+    that speculative sampling accepts a token drawn from ``q`` (book eq. ``beta``).
+
+    Returns a float for two vectors, a tensor or array of the leading shape otherwise.
+    :func:`draftalign.losses.tvd` is the same distance between *logits*, per position.
+    """
+    if p.shape != q.shape:
+        raise ValueError(f"p {tuple(p.shape)} and q {tuple(q.shape)} differ in shape")
+    d = 0.5 * abs(p - q).sum(-1)
+    return float(d) if d.ndim == 0 else d
 
 
 def speedup(tau: float, gamma: int, c: float) -> float:

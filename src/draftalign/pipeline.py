@@ -73,7 +73,9 @@ def pretrained_draft(target, tokenizer, P: Profile, *, progress: bool = True):
     if is_complete(folder, spec):
         return _load_draft(folder, target), history_of(folder), read_manifest(folder)
     texts = pretraining_texts(P.pretrain_corpus, n_texts=P.pretrain_texts)
-    blocks = pack_blocks(tokenizer, texts, P.pretrain_block)  # [N, L]
+    # tokenised only as far as training reads: every step's blocks once, plus the held-out ones
+    needed = P.pretrain_steps * P.pretrain_batch + P.pretrain_eval_blocks
+    blocks = pack_blocks(tokenizer, texts, P.pretrain_block, max_blocks=needed)  # [N, L]
     if len(blocks) <= P.pretrain_eval_blocks:
         raise ValueError(f"the corpus gives {len(blocks)} blocks, not more than the "
                          f"{P.pretrain_eval_blocks} held out for evaluation")
@@ -143,14 +145,14 @@ def distillation_data(target, tokenizer, P: Profile, *, progress: bool = True) -
     """The target's answers to :func:`distill_prompts`, from ``runs/<profile>/distill-data/``
     (reused when complete, resumed when interrupted, rebuilt when its settings differ)."""
     folder = runs_dir(P) / "distill-data"
-    prompts = distill_prompts(P)
     kwargs = dict(max_new_tokens=P.distill_max_new_tokens, temperature=P.distill_temperature,
                   top_p=P.distill_top_p, batch_size=P.distill_batch, seed=P.seed, topk=P.distill_topk)
     spec = {"stage": "distill-data", "target": target_id(target),
             "source": P.distill_source, "per_category": P.distill_per_category, **kwargs}
-    if is_complete(folder, spec):
+    if is_complete(folder, spec):  # reused without the prompts' source (no hub needed)
         return load_distillation_data(folder)
     clear_finished(folder)
+    prompts = distill_prompts(P)
     texts, cats = [p["prompt"] for p in prompts], [p["category"] for p in prompts]
     had = set(load_distillation_data(folder)["index"]) if (folder / "records.jsonl").exists() else set()
     start = time.perf_counter()

@@ -2,7 +2,9 @@
 decoders compared in interleaved rounds.
 
 Reads models and prompts; writes nothing. Used by Chapter 1 (why decoding is memory-bound;
-the two bounds), by the later chapters' speed measurements and by ``benchmarks/``.
+the two bounds), by the later chapters' speed measurements (Chapter 4 times a loss and its
+gradient, and a training step, with :func:`timed_loss_and_grad` and :func:`median_seconds`)
+and by ``benchmarks/``.
 
 Timings on a shared 2-core machine drift by several times over minutes. Two habits keep
 them honest: report medians of repeats, and run the things being compared interleaved
@@ -24,12 +26,48 @@ from transformers import DynamicCache
 from .metrics import acceptance_rate, pooled_tau
 from .models import cache_kwargs, vocab_size
 
-__all__ = ["pass_cost", "compare_decoders"]
+__all__ = ["pass_cost", "compare_decoders", "median_seconds", "timed_loss_and_grad"]
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def median_seconds(fn: Callable[[], object], *, repeats: int = 3, device: torch.device | None = None) -> float:
+    """Median wall-clock seconds of ``fn()`` over ``repeats`` calls (waiting for a CUDA
+    ``device`` to finish each)."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    device = torch.device(device or "cpu")
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def timed_loss_and_grad(loss: Callable[[torch.Tensor], torch.Tensor], logits: torch.Tensor, *,
+                        repeats: int = 3) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """One loss-and-gradient evaluation, ``loss(z).sum().backward()``, timed: each of
+    ``repeats`` runs starts from a fresh leaf copy ``z`` of ``logits`` (the copy is not
+    timed). Returns the last run's value (detached) and gradient (both shaped as ``loss``'s
+    output and ``logits``), and the median seconds."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    times = []
+    for _ in range(repeats):
+        z = logits.detach().clone().requires_grad_(True)
+        _sync(z.device)
+        start = time.perf_counter()
+        value = loss(z)
+        value.sum().backward()
+        _sync(z.device)
+        times.append(time.perf_counter() - start)
+    return value.detach(), z.grad, statistics.median(times)
 
 
 @torch.inference_mode()
