@@ -61,11 +61,43 @@ def test_colab_badge_and_install_cell(path):
         f"{path.name}: the install cell must run only on Colab"
 
 
+def _setup_call(source: str) -> ast.Call | None:
+    """The ``P = setup(PROFILE, ...)`` call at the top level of a cell, if there is one."""
+    for node in ast.parse(source).body:
+        if (isinstance(node, ast.Assign) and [t.id for t in node.targets if isinstance(t, ast.Name)] == ["P"]
+                and isinstance(node.value, ast.Call) and isinstance(node.value.func, ast.Name)
+                and node.value.func.id == "setup"):
+            return node.value
+    return None
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
-def test_versions_cell(path):
+def test_setup_cell(path):
+    """Every chapter starts with ``P = setup(PROFILE, ...)`` from :mod:`draftalign.notebook`
+    (seed, progress bars, pandas precision, the versions table), in the cell that imports
+    it, before any other cell reads ``P``; nothing redefines ``setup``, and the setup cell
+    does not repeat by hand what it does."""
     nb = nbformat.read(path, as_version=4)
-    assert any("versions()" in c.source for c in nb.cells if c.cell_type == "code"), \
-        f"{path.name}: no cell prints versions (draftalign.provenance.versions)"
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    calls = [(i, _setup_call(s)) for i, s in enumerate(code) if _setup_call(s) is not None]
+    assert len(calls) == 1, f"{path.name}: expected one cell with P = setup(PROFILE), found {len(calls)}"
+    i, call = calls[0]
+    assert call.args and isinstance(call.args[0], ast.Name) and call.args[0].id == "PROFILE", \
+        f"{path.name}: setup must be called with the PROFILE parameter"
+    imports = [n for n in ast.parse(code[i]).body if isinstance(n, ast.ImportFrom) and n.module == "draftalign.notebook"]
+    assert any(a.name == "setup" for n in imports for a in n.names), \
+        f"{path.name}: the setup cell must import setup from draftalign.notebook"
+    early = [j for j, s in enumerate(code[:i]) if "P." in s or "P =" in s]
+    assert not early, f"{path.name}: code cells {early} use P before setup(PROFILE)"
+    for j, s in enumerate(code):
+        tree = ast.parse(s)
+        assert not any(isinstance(n, (ast.FunctionDef, ast.Assign)) and (
+            getattr(n, "name", None) == "setup" or any(isinstance(t, ast.Name) and t.id == "setup"
+                                                       for t in getattr(n, "targets", [])))
+            for n in ast.walk(tree)), f"{path.name}: code cell {j} redefines setup"
+    repeated = [w for w in ("versions()", "manual_seed", "disable_progress_bar", "TqdmWarning", "display.precision")
+                if w in code[i]]
+    assert not repeated, f"{path.name}: the setup cell repeats what setup(PROFILE) does: {repeated}"
 
 
 def _toc_files(node) -> list[str]:

@@ -201,7 +201,7 @@ def logit_gradient(loss: Callable, draft_logits: torch.Tensor, target_logits: to
     z = draft_logits.detach().clone().requires_grad_(True)
     params = inspect.signature(loss).parameters
     if "generator" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        options = {**options, "generator": torch.Generator(device=z.device).manual_seed(seed)}
+        options = {**options, "generator": torch.Generator().manual_seed(seed)}  # CPU: the same draws on any device
     loss(z, target_logits, None, labels=labels, **options).sum().backward()
     return z.grad.flatten()
 

@@ -25,7 +25,8 @@ def versions_table(profile: Profile) -> pd.DataFrame:
 
 
 def setup(profile: str, *, threads: bool = False, show: bool = True) -> Profile:
-    """Apply a chapter's settings for ``profile`` and return that profile.
+    """Apply a chapter's settings for ``profile`` and return that profile. Call it before
+    importing the rest of the package (which imports transformers, and with it tqdm).
 
     - text progress bars are fine in an executed notebook: tqdm's warning about them is
       silenced, and transformers' download bars are turned off;
@@ -35,12 +36,15 @@ def setup(profile: str, *, threads: bool = False, show: bool = True) -> Profile:
     - ``torch.manual_seed(P.seed)``, and pandas shows 3 decimals;
     - ``show``: display the versions table (:func:`versions_table`) below the cell.
     """
-    import torch
-    import transformers
     from tqdm import TqdmWarning
 
     P = get_profile(profile)
+    # before anything imports tqdm.auto (transformers does): its warning about widgets
+    # would print in every executed notebook
     warnings.filterwarnings("ignore", category=TqdmWarning)
+    import torch
+    import transformers
+
     transformers.logging.disable_progress_bar()
     if threads and P.threads:
         torch.set_num_threads(P.threads)
