@@ -263,3 +263,52 @@ def test_dolly_prompts_from_a_local_stand_in(monkeypatch):
     long = next(r for r in out if r["category"] == "summarization")
     assert long["prompt"].startswith("Summarize this.\n\n") and len(long["prompt"].split()) <= 52
     assert next(r for r in out if r["category"] == "open_qa")["prompt"] == "Tell me about tides.\n\nTides rise."
+
+
+# ------------------------------------------------------- self-instruct (Magpie) prompts
+
+
+def _fake_rounds(monkeypatch, rounds):
+    """Replace the target's sampling by scripted rounds; record each round's seed."""
+    from draftalign import data as data_module
+
+    seeds = []
+
+    def fake_round(target, tokenizer, *, batch_size, seed, **_):
+        seeds.append(seed)
+        return list(rounds[len(seeds) - 1]) if len(seeds) <= len(rounds) else []
+
+    monkeypatch.setattr(data_module, "self_instruct_round", fake_round)
+    return seeds
+
+
+def test_self_instruct_prompts_dedupes_and_stops_at_n(monkeypatch):
+    from draftalign.data import self_instruct_prompts
+
+    seeds = _fake_rounds(monkeypatch, [["Write a poem about rain.", "write a poem, about RAIN!"],
+                                       ["Name three rivers in Europe.", "Write a poem about rain"],
+                                       ["Explain what a prime number is.", "Summarise the news today."]])
+    kept = self_instruct_prompts(None, None, 3, seed=10, batch_size=2)
+    assert [k["prompt"] for k in kept] == ["Write a poem about rain.", "Name three rivers in Europe.",
+                                           "Explain what a prime number is."]
+    assert [k["id"] for k in kept] == ["self-0000", "self-0001", "self-0002"]
+    assert {k["category"] for k in kept} == {"self_instruct"}
+    assert seeds == [10, 11, 12], "one new seed per round, and no round after n are kept"
+
+
+def test_self_instruct_prompts_rounds_are_bounded(monkeypatch):
+    """Rounds that keep nothing stop at max_rounds; by default enough rounds for n at a keep
+    rate of one in four (at least 20), so a large n is not cut at a handful of rounds."""
+    from draftalign.data import self_instruct_prompts
+
+    seeds = _fake_rounds(monkeypatch, [])
+    assert self_instruct_prompts(None, None, 5, batch_size=8, max_rounds=3) == []
+    assert len(seeds) == 3
+    seeds.clear()
+    self_instruct_prompts(None, None, 200, batch_size=8)
+    assert len(seeds) == 100  # ceil(4 * 200 / 8)
+    seeds.clear()
+    self_instruct_prompts(None, None, 2, batch_size=8)
+    assert len(seeds) == 20
+    with pytest.raises(ValueError, match="n and batch_size"):
+        self_instruct_prompts(None, None, 0)

@@ -134,3 +134,36 @@ def test_held_out_split_is_by_prompt_and_covers_every_category():
     assert len({r["prompt"] for r in held}) == 1 and train
     with pytest.raises(ValueError, match="too few prompts"):
         pipeline.held_out_split(rows[:2])
+
+
+def test_shipped_pretrained_draft_is_copied_reused_and_never_destroys_a_trained_one(target, tokenizer, runs,
+                                                                                     tmp_path, monkeypatch):
+    """A profile with ``pretrained_from`` copies the shipped folder (never trains), reuses the
+    copy while the shipped weights are unchanged, and sets aside (never deletes) a draft that
+    was pretrained in the same folder before."""
+    P = get_profile("ci", **TINY)
+    trained, _, _ = pipeline.pretrained_draft(target, tokenizer, P, progress=False)  # pretrained here
+    folder = runs / "ci" / "draft-pretrained"
+    shipped = tmp_path / "repo" / "data" / "drafts" / "shipped"
+    other = pipeline.make_profile_draft(target, P)
+    other.save_pretrained(shipped)
+    tokenizer.save_pretrained(shipped)
+    monkeypatch.setattr(pipeline, "repo_root", lambda: tmp_path / "repo")
+    with pytest.raises(FileNotFoundError, match="holds no history.csv"):
+        pipeline.pretrained_draft(target, tokenizer, get_profile("ci", **TINY, pretrained_from="data/drafts/shipped"),
+                                  progress=False)
+    (shipped / "history.csv").write_text((folder / "history.csv").read_text())
+    monkeypatch.setattr(pipeline, "repo_root", lambda: tmp_path / "repo")
+    Q = get_profile("ci", **TINY, pretrained_from="data/drafts/shipped")
+    _no_training(monkeypatch)
+    with pytest.warns(UserWarning, match="kept as"):
+        draft, _, manifest = pipeline.pretrained_draft(target, tokenizer, Q, progress=False)
+    assert manifest["spec"]["from"] == "data/drafts/shipped"
+    for a, b in zip(draft.state_dict().values(), other.state_dict().values()):
+        assert torch.equal(a, b)
+    aside = folder.with_name("draft-pretrained.previous")
+    assert json.loads((aside / "manifest.json").read_text())["spec"]["stage"] == "pretrain"
+    assert "from" not in json.loads((aside / "manifest.json").read_text())["spec"], "the trained draft is kept"
+    mtime = (folder / "manifest.json").stat().st_mtime_ns
+    pipeline.pretrained_draft(target, tokenizer, Q, progress=False)  # reused: not copied again
+    assert (folder / "manifest.json").stat().st_mtime_ns == mtime

@@ -17,7 +17,8 @@ Modules, one concept each, in pipeline order:
 - running: ``profiles`` (every size of the ci / cpu / gpu / reference book), ``pipeline``
   (the book's stages as artifacts), ``artifacts`` (manifests), ``reference`` and
   ``reference_measure`` (the reference drafter, ``make reference``), ``reference_card``,
-  ``provenance``, ``book`` (the chapter runner), ``cli`` (the ``draftalign`` command).
+  ``provenance``, ``book`` (the chapter runner), ``notebook`` (each chapter's one setup call), ``cli``
+  (the ``draftalign`` command).
 """
 
 __version__ = "0.1.0"

@@ -115,12 +115,15 @@ def _shipped_pretrained(target, P: Profile, folder):
 
     source = repo_root() / P.pretrained_from
     weights = source / "model.safetensors"
-    if not weights.exists():
-        raise FileNotFoundError(f"the profile starts from {source}, which holds no model.safetensors")
+    for needed in ("model.safetensors", "config.json", "history.csv"):
+        if not (source / needed).exists():
+            raise FileNotFoundError(f"the profile starts from the shipped draft {source}, which holds no {needed} "
+                                    "(a folder written by the reference pipeline's pretrain stage has all three)")
     spec = {"stage": "pretrain", "from": P.pretrained_from,
             "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
     if not is_complete(folder, spec):
-        if folder.exists():
+        clear_finished(folder)  # a draft pretrained here, or another shipped one: kept aside
+        if folder.exists():  # unfinished (no manifest): nothing to keep
             shutil.rmtree(folder)
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
