@@ -25,11 +25,13 @@ DEMO_PROMPTS = [
 
 def chat_input_ids(tokenizer, user: str, *, system: str | None = None, device=None) -> torch.Tensor:
     """``[1, T]`` ids of one user turn (and optional system turn) in the tokenizer's chat
-    template, ending with the assistant's turn opened, ready for generation."""
+    template, ending with the assistant's turn opened, ready for generation. On ``device``,
+    else on the CPU (whatever torch's default device is)."""
     if not isinstance(user, str) or not user.strip():
         raise ValueError("the user message must be a non-empty string")
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+    with torch.device("cpu"):
+        encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
     # transformers 5 returns a BatchEncoding; 4.x returned the tensor itself
     ids = encoded["input_ids"] if not isinstance(encoded, torch.Tensor) else encoded
     return ids.to(device) if device is not None else ids

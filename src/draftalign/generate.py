@@ -195,16 +195,16 @@ def generate_distillation_rows(target, tokenizer, prompts: list[str], out_dir, *
             break
         encoded = [generation_prefix_ids(tokenizer, prompts[i], system=system) for i in idx]
         width = max(len(e) for e in encoded)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long, device=device)
+        mask = torch.zeros((len(idx), width), dtype=torch.long, device=device)
         for j, e in enumerate(encoded):  # left padding: every prompt ends at the same column
-            ids[j, width - len(e):] = torch.tensor(e)
+            ids[j, width - len(e):] = torch.tensor(e, device=device)
             mask[j, width - len(e):] = 1
         torch.manual_seed(seed + b)
         # top_k=0: no hidden top-k on top of temperature and top-p (transformers' default is 50)
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} \
             if temperature > 0 else {"do_sample": False}
-        out = target.generate(ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+        out = target.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                               pad_token_id=pad, return_dict_in_generate=True, output_logits=topk > 0,
                               **sampling)
         lines, kept = [], []

@@ -83,7 +83,7 @@ def pass_cost(model, *, prefix_len: int = 64, ks: Sequence[int] = (1, 2, 4, 8, 1
     device = next(model.parameters()).device
     vocab = vocab_size(model)
     gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab, (1, prefix_len + max(ks)), generator=gen).to(device)
+    ids = torch.randint(0, vocab, (1, prefix_len + max(ks)), generator=gen, device="cpu").to(device)
     cache = DynamicCache(config=model.config)
     kw = cache_kwargs(model, cache)
     model(input_ids=ids[:, :prefix_len], use_cache=True, logits_to_keep=1, **kw)

@@ -94,7 +94,7 @@ class Batches:
     def _perm(self, epoch: int) -> torch.Tensor:
         if epoch not in self._perms:
             gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._perms = {epoch: torch.randperm(self.n, generator=gen)}
+            self._perms = {epoch: torch.randperm(self.n, generator=gen, device="cpu")}
         return self._perms[epoch]
 
     def indices(self, start: int, count: int) -> list[int]:
@@ -102,6 +102,12 @@ class Batches:
         return [int(self._perm(i // self.n)[i % self.n]) for i in range(start, start + count)]
 
     def get(self, idx: list[int]) -> dict:
+        """The examples ``idx`` as one right-padded batch of CPU tensors (whatever torch's
+        default device is); the consumer moves it to its model's device."""
+        with torch.device("cpu"):
+            return self._collate(idx)
+
+    def _collate(self, idx: list[int]) -> dict:
         if isinstance(self.examples, dict):
             batch = {k: v[idx] for k, v in self.examples.items()}
             batch.setdefault("loss_mask", torch.ones_like(batch["input_ids"]))
