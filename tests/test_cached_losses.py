@@ -132,3 +132,11 @@ def test_full_vocabulary_size_agrees_with_float64(name):
              "tvd": 0.5 * (p - q).abs().sum(-1)}[name]
     value = cached_loss(name, d, ids, lp)[0].double()
     torch.testing.assert_close(value, exact, rtol=2e-5, atol=1e-6)
+
+
+def test_topk_top1_takes_the_most_likely_cached_token_whatever_the_order():
+    from draftalign.cached_losses import topk_top1
+
+    ids = torch.tensor([[5, 7, 9], [2, 4, 6]])
+    logprobs = torch.tensor([[-2.0, -0.1, -3.0], [-0.5, -1.0, -0.7]])
+    assert topk_top1(ids, logprobs).tolist() == [7, 2]

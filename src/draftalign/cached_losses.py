@@ -30,7 +30,7 @@ import torch
 
 from .losses import reward_baseline_and_scale
 
-__all__ = ["CACHED_LOSSES", "cached_loss", "tail_logprob", "expand_topk", "restrict_topk"]
+__all__ = ["CACHED_LOSSES", "cached_loss", "tail_logprob", "topk_top1", "expand_topk", "restrict_topk"]
 
 CHUNK = 256  # rows per chunk: a [256, 49152] fp32 block is 48 MiB
 CACHED_LOSSES = ("fkl", "rkl", "tvd", "tvd++")
@@ -41,6 +41,12 @@ def tail_logprob(logprobs: torch.Tensor, vocab_size: int) -> torch.Tensor:
     mass spread evenly over the other ``V - k`` tokens."""
     rest = (1 - logprobs.float().exp().sum(-1)).clamp(min=1e-8)
     return torch.log(rest / (vocab_size - logprobs.shape[-1]))
+
+
+def topk_top1(ids: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
+    """``[n]``: the target's most likely token at each position of a cached top-k ``[n, k]``
+    (the greedy label the cache holds; the top-k need not be sorted)."""
+    return ids.gather(1, logprobs.argmax(-1, keepdim=True))[:, 0].long()
 
 
 def expand_topk(ids: torch.Tensor, logprobs: torch.Tensor, vocab_size: int) -> torch.Tensor:

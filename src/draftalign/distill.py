@@ -24,9 +24,10 @@ from collections.abc import Callable, Sequence
 import pandas as pd
 import torch
 
-from .cached_losses import CACHED_LOSSES, cached_loss, expand_topk, restrict_topk  # noqa: F401 (re-exported)
+from .cached_losses import CACHED_LOSSES, cached_loss, expand_topk, restrict_topk, topk_top1  # noqa: F401 (re-exported)
 from .chat import distill_example
 from .losses import check_options, get_loss
+from .metrics import tvd_probs
 from .subvocab import SubVocabDraft
 from .train import Batches, TrainConfig, train
 
@@ -71,7 +72,7 @@ def _sub_vocab_loss(fn, target, draft: SubVocabDraft, batch: dict, options: dict
         if "topk_ids" in batch:
             top_ids, top_lp = batch["topk_ids"], batch["topk_logprobs"]
             sub_lp = restrict_topk(top_ids, top_lp, draft.full_vocab_size, draft.to_sub, K)  # [n, K]
-            best = top_ids.gather(1, top_lp.argmax(-1, keepdim=True))[:, 0].long()
+            best = topk_top1(top_ids, top_lp)
         else:
             full = answer_logits(target, ids, attn, pos)[0].float().log_softmax(-1)  # [n, V]
             sub_lp, best = full.index_select(-1, draft.keep), full.argmax(-1)
@@ -92,7 +93,7 @@ def _tvd_and_agreement(draft_logits, target_logits, chunk: int = 1024):
     tvd, agree = [], []
     for start in range(0, draft_logits.shape[0], chunk):
         d, t = draft_logits[start:start + chunk].float(), target_logits[start:start + chunk].float()
-        tvd.append(0.5 * (d.softmax(-1) - t.softmax(-1)).abs().sum(-1))
+        tvd.append(tvd_probs(d.softmax(-1), t.softmax(-1)))
         agree.append(d.argmax(-1) == t.argmax(-1))
     if not tvd:
         return draft_logits.new_zeros(0), torch.zeros(0, dtype=torch.bool)
@@ -148,7 +149,7 @@ def kd_loss_fn(target, loss: str, **options):
         if "topk_ids" in batch and closed_form:  # cached target, closed form: no [n, V] target
             top_ids, top_lp = batch["topk_ids"], batch["topk_logprobs"]
             per_pos, tvd_rows = cached_loss(loss, draft_logits[0], top_ids, top_lp, **options)
-            best = top_ids.gather(1, top_lp.argmax(-1, keepdim=True))[:, 0]
+            best = topk_top1(top_ids, top_lp)
             return _result(per_pos, draft_logits, pos, tvd_rows, draft_logits[0].argmax(-1) == best)
         with torch.no_grad():
             if "topk_ids" in batch:  # the target's cached top-k, expanded to full logits

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from tqdm.std import tqdm
 
+from .cached_losses import topk_top1
 from .chat import chat_input_ids
 from .metrics import acceptance_rate
 from .speculative import speculative_generate
@@ -99,7 +100,7 @@ def topk_labelled(rows, topk: dict) -> list[dict]:
         if r["index"] not in topk:
             raise ValueError(f"no cached top-k for row {r['index']}")
         ids, logprobs = topk[r["index"]]
-        best = ids.gather(1, logprobs.argmax(1, keepdim=True))[:, 0]  # [L]
+        best = topk_top1(ids, logprobs)  # [L]
         n = min(len(best), len(r["response_ids"]))
         out.append({"prompt_ids": r["prompt_ids"], "response_ids": r["response_ids"][:n],
                     "labels": best[:n].tolist()})
