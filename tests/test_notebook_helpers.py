@@ -227,3 +227,15 @@ def test_topk_labelled_takes_the_most_likely_cached_token():
     assert ngram_agreement(out, out, n=2) == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="no cached top-k for row 4"):
         topk_labelled([{"index": 4, "prompt_ids": [1], "response_ids": [2]}], topk)
+
+
+def test_one_colour_per_loss_everywhere():
+    from draftalign.display import DRAFT_COLORS, draft_color, draft_colors
+
+    losses = ["pretrained", "fkl", "rkl", "tvd", "tvd++"]
+    assert len({draft_color(n) for n in losses}) == len(losses)
+    assert draft_color("draft-tvd++") == draft_color("TVD++") == DRAFT_COLORS["tvd++"]
+    got = draft_colors(["fkl", "mystery-a", "mystery-b", "tvd"])
+    assert got["fkl"] == DRAFT_COLORS["fkl"] and got["tvd"] == DRAFT_COLORS["tvd"]
+    assert got["mystery-a"] != got["mystery-b"]
+    assert not {got["mystery-a"], got["mystery-b"]} & {DRAFT_COLORS[n] for n in losses}

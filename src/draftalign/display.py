@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 
-__all__ = ["blocks_html", "show_blocks"]
+__all__ = ["blocks_html", "show_blocks", "DRAFT_COLORS", "draft_color", "draft_colors"]
 
 _STYLE = {
     "accepted": "background:#c8f0c8;",
@@ -51,3 +51,43 @@ def show_blocks(tokenizer, result, **kw):
     from IPython.display import HTML
 
     return HTML(blocks_html(tokenizer, result, **kw))
+
+
+# One colour per loss (and per named draft) in every figure of the book: a reader who has
+# learnt that TVD++ is red in Chapter 4 finds it red in Chapter 5.
+DRAFT_COLORS = {
+    "pretrained": "#7f7f7f",  # grey: the starting point
+    "fkl": "#1f77b4",  # blue
+    "rkl": "#ff7f0e",  # orange
+    "tvd": "#2ca02c",  # green
+    "tvd++": "#d62728",  # red
+    "finetuned": "#9467bd",  # purple: the reference drafter and its stages
+    "smollm2-135m-instruct-drafter": "#9467bd",
+    "layer-skip": "#8c564b",  # brown
+    "target": "#000000",
+}
+_SPARE = ("#e377c2", "#bcbd22", "#17becf", "#8c564b", "#aec7e8", "#ffbb78")
+
+
+def draft_color(name: str, index: int = 0) -> str:
+    """The book's colour for a loss or draft ``name`` (``"fkl"``, ``"draft-tvd++"``,
+    ``"FKL"``...); names it does not know take the ``index``-th spare colour."""
+    key = str(name).lower().strip()
+    key = key[len("draft-"):] if key.startswith("draft-") else key
+    if key in DRAFT_COLORS:
+        return DRAFT_COLORS[key]
+    return _SPARE[index % len(_SPARE)]
+
+
+def draft_colors(names) -> dict:
+    """``{name: colour}`` for several drafts: known names keep their colour, the others take
+    distinct spare colours in order."""
+    out, spare = {}, 0
+    for name in names:
+        key = str(name).lower().removeprefix("draft-")
+        if key in DRAFT_COLORS:
+            out[name] = DRAFT_COLORS[key]
+        else:
+            out[name] = _SPARE[spare % len(_SPARE)]
+            spare += 1
+    return out
