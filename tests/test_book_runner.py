@@ -61,3 +61,36 @@ def test_runs_dir_follows_profile(monkeypatch, tmp_path):
     monkeypatch.setenv("DRAFTALIGN_RUNS", str(tmp_path))
     assert runs_dir("ci") == tmp_path / "ci"
     assert runs_dir(get_profile("cpu")) == tmp_path / "cpu"
+
+
+def test_tidy_executed_drops_progress_bars_and_collapses_setup(tmp_path):
+    import nbformat
+
+    from draftalign.book import tidy_executed
+
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('PROFILE = "cpu"', metadata={"tags": ["parameters"]})
+    injected = nbformat.v4.new_code_cell('PROFILE = "ci"', metadata={"tags": ["injected-parameters"]})
+    install = nbformat.v4.new_code_cell('import sys\nif "google.colab" in sys.modules:\n    pass')
+    bars = ("\rtraining:   0%|          | 0/40 [00:00<?, ?it/s]"
+            "\rtraining:  50%|#####     | 20/40 [00:10<00:10,  2.00it/s, loss=1.2]\n"
+            "UserWarning: something the reader should see\n"
+            "\rgenerating: 12it [00:03,  3.50it/s]\n")
+    work = nbformat.v4.new_code_cell("train()", outputs=[
+        nbformat.v4.new_output("stream", name="stderr", text=bars),
+        nbformat.v4.new_output("stream", name="stdout", text="tau = 1.93 (tok/s 17.7)\n"),
+        nbformat.v4.new_output("stream", name="stderr", text="\rx: 100%|##| 2/2 [00:01<00:00, 1.9it/s]\n")])
+    setup = nbformat.v4.new_code_cell("from draftalign.notebook import setup\nP = setup(PROFILE)")
+    nb.cells = [params, injected, install, work, setup]
+    path = tmp_path / "ch.ipynb"
+    nbformat.write(nb, str(path))
+    tidy_executed(path)
+    out = nbformat.read(str(path), as_version=4)
+    assert "remove-cell" in out.cells[1].metadata["tags"]
+    assert "hide-cell" in out.cells[0].metadata["tags"] and "parameters" in out.cells[0].metadata["tags"]
+    assert "hide-cell" in out.cells[2].metadata["tags"]
+    assert out.cells[4].metadata["tags"] == ["hide-input"]
+    outputs = out.cells[3].outputs
+    assert [o.name for o in outputs] == ["stderr", "stdout"]  # the all-bar stream is gone
+    assert outputs[0].text == "UserWarning: something the reader should see\n"
+    assert outputs[1].text == "tau = 1.93 (tok/s 17.7)\n"

@@ -5,8 +5,10 @@
 Reads ``notebooks/*.ipynb`` (in name order) from the project folder; writes executed
 copies to ``book/executed/`` (git-ignored; the Jupyter Book renders these, it never
 executes anything itself) and a timing record ``book/executed/timings-<profile>.json``.
-Stops at the first failing cell with the notebook, the cell and the error. ``--build``
-then renders the HTML with Jupyter Book (warnings are errors).
+Stops at the first failing cell with the notebook, the cell and the error. Each executed
+copy is tidied for reading (:func:`tidy_executed`: progress bars dropped, the parameters
+and install cells collapsed). ``--build`` then renders the HTML with Jupyter Book
+(warnings are errors).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -22,12 +25,62 @@ from pathlib import Path
 
 from .profiles import PROFILES, repo_root
 
-__all__ = ["notebooks", "run_notebooks", "build_html", "source_digest", "main"]
+__all__ = ["notebooks", "run_notebooks", "build_html", "source_digest", "tidy_executed", "main"]
 
 
 def source_digest(path: Path) -> str:
     """sha256 of a notebook file: which source an executed copy came from."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# a tqdm bar as it lands in a notebook's stderr: "desc:  45%|####5     | 108/240 [01:21<01:43, ...]"
+_BAR = re.compile(r"\d+%\||\[\d+:\d\d(<|,|\])|\?it/s|\d(it/s|s/it)\b")
+
+
+def _without_bars(text: str) -> str:
+    """``text`` with every tqdm progress line (each ``\\r`` redraw included) removed."""
+    kept = []
+    for line in text.split("\n"):
+        parts = [p for p in line.split("\r") if p.strip() and not _BAR.search(p)]
+        if parts:
+            kept.append(parts[-1])  # what a terminal would show after the last redraw
+    return "\n".join(kept) + ("\n" if kept and text.endswith("\n") else "")
+
+
+def _add_tag(cell, tag: str) -> None:
+    tags = list(cell.metadata.get("tags", []))
+    if tag not in tags:
+        cell.metadata["tags"] = tags + [tag]
+
+
+def tidy_executed(path: Path) -> Path:
+    """Make an executed chapter read well in the rendered book, in place: progress bars
+    are dropped from the outputs (they served the run, not the reader), papermill's
+    injected parameters cell is removed, the parameters and Colab install cells are
+    collapsed (one click shows them) and the imports of the setup cell hidden behind a toggle. Nothing a cell printed besides the bars is lost."""
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in tags:
+            _add_tag(cell, "remove-cell")
+        elif "parameters" in tags or "google.colab" in cell.source:
+            _add_tag(cell, "hide-cell")
+        elif "draftalign.notebook import setup" in cell.source and "hide-cell" not in tags:
+            _add_tag(cell, "hide-input")  # the imports: its output (versions, profile) stays
+        outputs = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                out["text"] = _without_bars(out.get("text", ""))
+                if not out["text"].strip():
+                    continue
+            outputs.append(out)
+        cell["outputs"] = outputs
+    nbformat.write(nb, str(path))
+    return path
 
 
 def notebooks(root: Path | None = None, only: list[str] | None = None) -> list[Path]:
@@ -73,6 +126,7 @@ def run_notebooks(profile: str, *, root: Path | None = None, only: list[str] | N
                 f"[book] {nb.name} failed in cell {exc.exec_count} (profile {profile}):\n"
                 f"  {exc.ename}: {exc.evalue}\n  executed copy with the traceback: {out}") from None
         seconds = time.perf_counter() - start
+        tidy_executed(out)
         times.append({"notebook": nb.name, "profile": profile, "seconds": round(seconds, 1),
                       "source_sha256": source_digest(nb)})
         print(f"[book] {nb.name} done in {seconds:.1f} s", flush=True)
