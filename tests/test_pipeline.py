@@ -167,3 +167,20 @@ def test_shipped_pretrained_draft_is_copied_reused_and_never_destroys_a_trained_
     mtime = (folder / "manifest.json").stat().st_mtime_ns
     pipeline.pretrained_draft(target, tokenizer, Q, progress=False)  # reused: not copied again
     assert (folder / "manifest.json").stat().st_mtime_ns == mtime
+
+
+def test_colab_profile_distils_on_the_shipped_reference_answers(target, tokenizer, runs):
+    """The ``colab`` profile's Chapter 2 and 4 paths at tiny budgets on the CPU: the shipped
+    pretraining stage is copied (no pretraining, no hub corpus), and each loss distils on the
+    shipped packed reference answers with the target online (no hub prompts, no Chapter 3)."""
+    P = get_profile("colab", kd_steps=2, kd_batch=2, kd_warmup=1, kd_max_length=96)
+    assert P.kd_sub_vocab is None and P.kd_target == "online"
+    data, folder = pipeline.kd_dataset(target, tokenizer, P, progress=False)
+    provenance = json.loads((folder / "provenance.json").read_text())
+    assert len(data) == provenance["rows"] and {"prompt_ids", "response_ids", "kind"} <= set(data.column_names)
+    draft, history, manifest = pipeline.distilled_draft(target, tokenizer, P, "tvd++", progress=False)
+    assert len(history) == 2 and manifest["spec"]["data_rows"] == provenance["rows"]
+    assert manifest["spec"]["base"]["from"] == P.pretrained_from
+    assert draft.config.hidden_size == P.draft_hidden and draft.config.num_hidden_layers == P.draft_layers
+    shipped = AutoModelForCausalLM.from_pretrained(runs / "colab" / "draft-tvd++")
+    assert shipped.config.vocab_size == 49152

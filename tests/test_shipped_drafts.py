@@ -63,3 +63,18 @@ def test_drafter_is_transformers_assistant_with_the_target_greedy_output(real_ta
     assert assisted == plain[: len(assisted)] and len(assisted) >= min(n, len(plain))
     spec = speculative_generate(target, draft, ids, max_new_tokens=n, gamma=2)
     assert spec.tokens == plain and spec.tau > 1.2, "the drafter is accepted often on a chat prompt"
+
+
+@pytest.mark.parametrize("name", ["ci", "cpu", "colab", "gpu", "reference"])
+def test_every_profile_names_shipped_data_that_exists_and_fits(name):
+    """A profile that starts from a shipped pretrained draft has that draft's shape (else
+    Chapter 4 would distil a draft of another size than Chapter 2 says), and a shipped
+    distillation set it names is in data/."""
+    P = get_profile(name)
+    if P.pretrained_from:
+        config = json.loads((repo_root() / P.pretrained_from / "config.json").read_text())
+        assert (config["hidden_size"], config["num_hidden_layers"], config["num_attention_heads"],
+                config["intermediate_size"]) == (P.draft_hidden, P.draft_layers, P.draft_heads, P.draft_intermediate)
+    if P.kd_data not in ("generated", "reference"):
+        folder = repo_root() / P.kd_data
+        assert (folder / "records.jsonl").exists() or (folder / "answers.npz.xz").exists(), folder

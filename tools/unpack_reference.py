@@ -15,17 +15,14 @@ machine-independent id (draftalign.models.target_id), so the stages here reuse w
 import argparse
 import io
 import json
-import lzma
 import shutil
 import tarfile
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from draftalign.artifacts import write_manifest
-from draftalign.chat import generation_prefix_ids
 from draftalign.models import target_id
+from draftalign.packed import KINDS, read_packed_answers
 from draftalign.profiles import get_profile
 from draftalign.reference import Run, _digest
 
@@ -80,11 +77,13 @@ def main():
                                               "self_instruct": P.ref_self_instruct, "passages": P.ref_passages,
                                               "batch": P.ref_prompt_batch, "seed": P.seed},
                        results={"prompts": len(pool), **counts, "made_on": "GPU (see plan-*.json)"})
-    # the answers, shard by shard
-    z = np.load(io.BytesIO(lzma.decompress(answers_blob)))
-    starts = np.concatenate([[0], np.cumsum(z["lengths"])])
-    for k, kind in enumerate(("greedy", "sampled")):
-        rows = np.flatnonzero(z["kind"] == k)
+    # the answers, shard by shard (shard k of a kind answers prompts [2048 k, 2048 (k + 1)) of the pool)
+    with tempfile.NamedTemporaryFile(suffix=".npz.xz") as blob:
+        blob.write(answers_blob)
+        blob.flush()
+        every = read_packed_answers(None, tok, pool=pool, answers=blob.name)
+    for kind in KINDS:
+        rows = [r for r in every if r["kind"] == kind]
         temp = 0.0 if kind == "greedy" else P.ref_sampled_temperature
         for s in range(0, len(rows), P.ref_shard):
             shard = s // P.ref_shard
@@ -93,14 +92,12 @@ def main():
             if folder.exists():
                 shutil.rmtree(folder)
             folder.mkdir(parents=True)
-            lines = []
-            for j, i in enumerate(rows[s:s + P.ref_shard]):
-                p = prompts[j]
-                ids = [int(t) for t in z["ids"][starts[i]:starts[i + 1]]]
-                lines.append(json.dumps({
-                    "index": j, "prompt": p["prompt"], "category": p["category"],
-                    "prompt_ids": generation_prefix_ids(tok, p["prompt"]), "response": tok.decode(ids, skip_special_tokens=True),
-                    "response_ids": ids, "finish_reason": "stop" if z["finished"][i] else "length"}, ensure_ascii=False))
+            part = rows[s:s + P.ref_shard]
+            for j, (row, p) in enumerate(zip(part, prompts)):
+                if row["prompt"] != p["prompt"]:
+                    raise SystemExit(f"{kind} answer {s + j} is not to prompt {shard * P.ref_shard + j} of the pool")
+            lines = [json.dumps({**{k: v for k, v in r.items() if k != "kind"}, "index": j}, ensure_ascii=False)
+                     for j, r in enumerate(part)]
             (folder / "records.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
             settings = {"model": here, "n_prompts": len(prompts),
                         "prompts_sha256": __import__("hashlib").sha256("\0".join(p["prompt"] for p in prompts).encode()).hexdigest(),
@@ -112,8 +109,8 @@ def main():
                 spec = {"stage": "answers", "target": here, "temperature": temp,
                         "max_new_tokens": P.ref_answer_max_new_tokens, "seed": P.seed + shard,
                         "prompts_sha256": _digest([p["prompt"] for p in prompts])}
-                write_manifest(folder, spec, results={"rows": len(lines), "tokens": int(sum(
-                    z["lengths"][i] for i in rows[s:s + P.ref_shard])), "made_on": "GPU (see plan-*.json)"})
+                write_manifest(folder, spec, results={"rows": len(lines), "tokens": sum(
+                    len(r["response_ids"]) for r in part), "made_on": "GPU (see plan-*.json)"})
             print(f"{folder.relative_to(run.root)}: {len(lines)} of {len(prompts)} answers")
 
 

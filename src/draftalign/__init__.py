@@ -7,14 +7,15 @@ Modules, one concept each, in pipeline order:
   folder over the target's vocabulary, GGUF, compatibility with transformers, vLLM and
   llama.cpp; ``compat``, ``gguf_export``);
 - decoding: ``sampling`` (the accept/reject step), ``speculative`` (the engines),
-  ``metrics`` (tau, speed-up), ``timing`` (honest wall clock), ``display``;
+  ``metrics`` (tau, speed-up), ``timing`` (honest wall clock), ``display`` (block
+  views, the book's colours), ``schematics`` (the book's diagrams);
 - data: ``chat`` (the chat template, loss masks), ``data`` (prompt sets), ``corpus``
   (pretraining text), ``prompt_pool`` (many prompts, decontaminated), ``generate`` (the
-  target's answers);
+  target's answers), ``packed`` (answer sets shipped as compressed arrays);
 - training: ``train`` (the loop), ``losses`` and ``cached_losses`` (KD losses, online and
   against a cached top-k), ``distill`` (KD fine-tuning);
 - measuring: ``evaluate`` (tau per category, agreement), ``analysis`` (Chapter 5);
-- running: ``profiles`` (every size of the ci / cpu / gpu / reference book), ``pipeline``
+- running: ``profiles`` (every size of the ci / cpu / colab / gpu / reference book), ``pipeline``
   (the book's stages as artifacts), ``artifacts`` (manifests), ``reference`` and
   ``reference_measure`` (the reference drafter, ``make reference``), ``reference_card``,
   ``provenance``, ``book`` (the chapter runner), ``notebook`` (each chapter's one setup call), ``cli``

@@ -25,6 +25,7 @@ from .data import load_hub_prompts, load_prompts
 from .distill import distill
 from .export import export_draft, model_card
 from .generate import generate_distillation_data, load_distillation_data, load_topk
+from .packed import is_packed, read_packed_answers
 from .models import count_parameters, make_draft, target_id, vocab_size
 from .profiles import Profile, repo_root, runs_dir
 from .subvocab import load_draft, sub_vocab_draft, sub_vocabulary
@@ -174,16 +175,19 @@ def distillation_data(target, tokenizer, P: Profile, *, progress: bool = True) -
 
 def kd_dataset(target, tokenizer, P: Profile, *, progress: bool = True):
     """The data Chapter 4 distils on, and its folder: the shipped set named by
-    ``P.kd_data`` (made by ``python -m draftalign.generate``, see its provenance.json), or
-    the profile's own distillation data from Chapter 3 (``"generated"``)."""
+    ``P.kd_data`` (made by ``python -m draftalign.generate``, see its provenance.json; or a
+    packed answer set such as the reference drafter's, :mod:`draftalign.packed`), or the
+    profile's own distillation data from Chapter 3 (``"generated"``)."""
     if P.kd_data == "generated":
         distillation_data(target, tokenizer, P, progress=progress)
         folder = runs_dir(P) / "distill-data"
-    else:
-        folder = repo_root() / P.kd_data
-        if not (folder / "records.jsonl").exists():
-            raise FileNotFoundError(f"{folder} holds no distillation set; build it with the command in "
-                                    f"its provenance.json, or set kd_data='generated'")
+        return load_distillation_data(folder), folder
+    folder = repo_root() / P.kd_data
+    if is_packed(folder):
+        return datasets.Dataset.from_list(read_packed_answers(folder, tokenizer)), folder
+    if not (folder / "records.jsonl").exists():
+        raise FileNotFoundError(f"{folder} holds no distillation set; build it with the command in "
+                                f"its provenance.json, or set kd_data='generated'")
     return load_distillation_data(folder), folder
 
 

@@ -5,7 +5,10 @@ and call :func:`get_profile`. Three sizes of the same book:
 
 - ``ci``: the real embedded target with tiny budgets (all chapters in minutes on 2 cores);
 - ``cpu``: the main job (``make book``), results that show the effects on a laptop CPU;
-- ``gpu``: Colab or any CUDA machine, larger budgets (hub models where a chapter needs them);
+- ``colab``: a free Colab T4 in about an hour: GPU-sized decoding and distillation, from
+  the shipped pretrained draft and the shipped reference answers (no hub data needed);
+- ``gpu``: an A100-class CUDA machine, larger budgets (hub corpora and prompts, pretraining
+  from scratch: several hours on a T4, see the README);
 - ``reference``: the full-scale run behind the shipped drafter (:mod:`draftalign.reference`).
 """
 
@@ -157,6 +160,30 @@ PROFILES: dict[str, Profile] = {
                    ch5_temperature_prompts=18, ch5_temperature_max_new_tokens=128),
 }
 
+# A free Colab runtime (T4, 15 GB, about an hour before it may disconnect): the chapters at
+# GPU sizes without the two stages that do not fit an hour there. Chapter 2 starts from the
+# shipped pretraining stage of the reference drafter (a GPU run on 56M tokens) instead of
+# pretraining on streamed FineWeb-Edu; Chapter 4 distils each loss on the shipped reference
+# answers (10,240 answers, 1.7M tokens, data/distill/smollm2-135m-reference/) with the
+# target online instead of on Chapter 3's few hundred. Chapter 3 still makes its own data
+# (builtin prompts and the target's Magpie prompts), to show how. Nothing reads the hub
+# besides the target itself, which falls back to its offline copy.
+PROFILES["colab"] = Profile(
+    name="colab", ch1_prefix_len=256, ch1_pass_ks=(1, 2, 4, 8, 16, 32), ch1_pass_repeats=10,
+    ch1_rule_samples=20_000, ch1_tau_sim_blocks=50_000, ch1_prompts=8, ch1_max_new_tokens=96, ch1_rounds=3,
+    pretrained_from="data/drafts/smollm2-135m-instruct-pretrained",
+    draft_hidden=192, draft_layers=6, draft_heads=3, draft_intermediate=768,
+    eval_per_category=4, eval_max_new_tokens=128,
+    distill_per_category=24, distill_max_new_tokens=256, distill_batch=64, self_instruct_n=64,
+    distill_topk=16,
+    kd_data="data/distill/smollm2-135m-reference", kd_target="online", kd_sub_vocab=None,
+    kd_steps=400, kd_batch=16, kd_lr=1e-3, kd_warmup=20, kd_max_length=512, kd_eval_per_category=4,
+    ch5_per_category=4, ch5_mt_bench_per_category=2, ch5_max_new_tokens=128,
+    ch5_bench_gammas=(1, 2, 3, 4, 6, 8), ch5_bench_prompts=4, ch5_bench_rounds=3,
+    ch5_prefix_len=256, ch5_pass_ks=(1, 2, 3, 4, 5, 6, 8, 12, 16), ch5_pass_repeats=10,
+    ch5_temperature_prompts=8, ch5_temperature_max_new_tokens=96,
+)
+
 
 # The reference drafter: the paper's pipeline at full scale (GPU minutes or CPU hours,
 # resumable), whose draft ships in data/drafts/. Sizes: a draft of at most 10% of the
@@ -181,7 +208,8 @@ PROFILES["reference"] = Profile(
 
 
 def get_profile(name: str, **overrides) -> Profile:
-    """The profile called ``name`` (``ci``, ``cpu``, ``gpu`` or ``reference``), with optional overrides."""
+    """The profile called ``name`` (``ci``, ``cpu``, ``colab``, ``gpu`` or ``reference``), with
+    optional overrides."""
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
     return replace(PROFILES[name], **overrides) if overrides else PROFILES[name]
