@@ -177,7 +177,7 @@ PROFILES["colab"] = Profile(
     distill_per_category=24, distill_max_new_tokens=256, distill_batch=64, self_instruct_n=64,
     distill_topk=16,
     kd_data="data/distill/smollm2-135m-reference", kd_target="online", kd_sub_vocab=None,
-    kd_steps=400, kd_batch=16, kd_lr=1e-3, kd_warmup=20, kd_max_length=512, kd_eval_per_category=4,
+    kd_steps=250, kd_batch=16, kd_lr=1e-3, kd_warmup=20, kd_max_length=512, kd_eval_per_category=4,
     ch5_per_category=4, ch5_mt_bench_per_category=2, ch5_max_new_tokens=128,
     ch5_bench_gammas=(1, 2, 3, 4, 6, 8), ch5_bench_prompts=4, ch5_bench_rounds=3,
     ch5_prefix_len=256, ch5_pass_ks=(1, 2, 3, 4, 5, 6, 8, 12, 16), ch5_pass_repeats=10,
