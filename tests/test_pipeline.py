@@ -184,3 +184,37 @@ def test_colab_profile_distils_on_the_shipped_reference_answers(target, tokenize
     assert draft.config.hidden_size == P.draft_hidden and draft.config.num_hidden_layers == P.draft_layers
     shipped = AutoModelForCausalLM.from_pretrained(runs / "colab" / "draft-tvd++")
     assert shipped.config.vocab_size == 49152
+
+
+def test_gpu_profile_stages_run_at_tiny_sizes_with_local_stand_ins_for_the_hub(target, tokenizer, runs,
+                                                                                monkeypatch):
+    """The ``gpu`` profile's own paths (web corpus, hub prompts, full-vocabulary drafts, the
+    target online) at tiny budgets on the CPU: the streamed FineWeb-Edu texts and the Dolly
+    prompts are replaced by local stand-ins, everything else is the profile's code."""
+    from draftalign.data import load_prompts
+
+    asked = {}
+
+    def web_stand_in(source, *, n_texts=None):
+        asked["corpus"] = (source, n_texts)
+        return [f"Document {i}: rivers carry water from the hills to the sea, and towns grow on their banks."
+                for i in range(60)]
+
+    def hub_stand_in(name, *, limit=None, seed=0, **_):
+        asked["prompts"] = (name, limit)
+        return load_prompts("distill", limit_per_category=1)[:limit]
+
+    monkeypatch.setattr(pipeline, "pretraining_texts", web_stand_in)
+    monkeypatch.setattr(pipeline, "load_hub_prompts", hub_stand_in)
+    P = get_profile("gpu", draft_hidden=16, draft_layers=1, draft_heads=2, draft_intermediate=32,
+                    pretrain_texts=60, pretrain_block=32, pretrain_eval_blocks=2, pretrain_steps=2,
+                    pretrain_batch=2, pretrain_warmup=1, distill_per_category=1, distill_max_new_tokens=6,
+                    distill_batch=9, kd_steps=2, kd_batch=2, kd_warmup=1, kd_max_length=96)
+    assert (P.pretrain_corpus, P.kd_target, P.kd_sub_vocab) == ("web", "online", None)
+    _, history, _ = pipeline.pretrained_draft(target, tokenizer, P, progress=False)
+    assert asked["corpus"] == ("web", 60) and len(history) == 2
+    data = pipeline.distillation_data(target, tokenizer, P, progress=False)
+    assert asked["prompts"][0] == P.distill_source and len(data) == asked["prompts"][1]
+    draft, history, manifest = pipeline.distilled_draft(target, tokenizer, P, "tvd++", progress=False)
+    assert len(history) == 2 and manifest["spec"]["data"] == "generated"
+    assert not isinstance(draft, SubVocabDraft) and draft.config.vocab_size == 49152
