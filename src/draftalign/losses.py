@@ -138,14 +138,15 @@ def tvdpp(draft_logits, target_logits, mask=None, *, estimator: str = "exact", n
 
     The gradient of TVD is ``-E_{x~q}[r(x) grad log q(x)]`` with reward
     ``r(x) = 1[p(x) > q(x)]`` (eq. ``tvd-grad``). TVD++ replaces ``r`` by the advantage
-    ``A = (r - b) / (s + eps)``: baseline ``b`` (the mean reward, if ``baseline``) and
-    scale ``s`` (the reward's standard deviation), both computed without gradient.
+    ``A = (r - b) / (sigma + eps)``: baseline ``b`` (the mean reward, if ``baseline``) and
+    scale ``sigma`` (the reward's standard deviation; ``s`` in the code), both held constant
+    (computed without gradient: a stop-gradient).
 
     ``estimator`` says how the expectation over ``x`` is taken:
 
-    - ``"exact"`` (default): in closed form over the whole vocabulary, ``b`` and ``s`` the
+    - ``"exact"`` (default): in closed form over the whole vocabulary, ``b`` and ``sigma`` the
       mean and standard deviation of ``r`` under ``q_t`` at each position. Its gradient is
-      ``grad TVD_t / s_t``: TVD's, reweighted towards positions where the reward under the
+      ``grad TVD_t / sigma_t``: TVD's, reweighted towards positions where the reward under the
       draft is nearly constant.
     - ``"sampled"``: ``num_samples`` tokens drawn from ``q_t`` per position (REINFORCE).
     - ``"data"``: the token that follows in the data (``labels [B, T]``, the target's own
@@ -153,7 +154,7 @@ def tvdpp(draft_logits, target_logits, mask=None, *, estimator: str = "exact", n
 
     ``normalize``: ``"position"`` (statistics per position; for ``"sampled"``/``"data"`` the
     reward's exact mean/std under ``q_t``), ``"batch"`` (over all masked-in positions and
-    samples), or ``"none"`` (``s = 1``). With the exact estimator a batch-level baseline and
+    samples), or ``"none"`` (``sigma = 1``). With the exact estimator a batch-level baseline and
     scale cannot change the gradient's direction (``sum_x grad q(x) = 0``); they matter only
     for sampled estimates.
 
