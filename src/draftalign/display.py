@@ -69,14 +69,15 @@ DRAFT_COLORS = {
 _SPARE = ("#e377c2", "#bcbd22", "#17becf", "#8c564b", "#aec7e8", "#ffbb78")
 
 
+def _key(name) -> str:
+    """A draft's name as the colour table spells it: ``"draft-TVD++"`` -> ``"tvd++"``."""
+    return str(name).lower().strip().removeprefix("draft-")
+
+
 def draft_color(name: str, index: int = 0) -> str:
     """The book's colour for a loss or draft ``name`` (``"fkl"``, ``"draft-tvd++"``,
     ``"FKL"``...); names it does not know take the ``index``-th spare colour."""
-    key = str(name).lower().strip()
-    key = key[len("draft-"):] if key.startswith("draft-") else key
-    if key in DRAFT_COLORS:
-        return DRAFT_COLORS[key]
-    return _SPARE[index % len(_SPARE)]
+    return DRAFT_COLORS.get(_key(name), _SPARE[index % len(_SPARE)])
 
 
 def draft_colors(names) -> dict:
@@ -84,9 +85,8 @@ def draft_colors(names) -> dict:
     distinct spare colours in order."""
     out, spare = {}, 0
     for name in names:
-        key = str(name).lower().removeprefix("draft-")
-        if key in DRAFT_COLORS:
-            out[name] = DRAFT_COLORS[key]
+        if _key(name) in DRAFT_COLORS:
+            out[name] = DRAFT_COLORS[_key(name)]
         else:
             out[name] = _SPARE[spare % len(_SPARE)]
             spare += 1
