@@ -22,7 +22,7 @@ from draftalign.distill import gradient_variance, logit_gradient, sub_vocab_ceil
 from draftalign.evaluate import ngram_agreement, topk_labelled
 from draftalign.losses import fkl, tvd, tvdpp
 from draftalign.notebook import setup, versions_table
-from draftalign.profiles import get_profile
+from draftalign.profiles import OVERRIDES_ENV, get_profile, overrides_from_env, runs_dir
 
 V = 12
 
@@ -73,6 +73,24 @@ def test_setup_threads_and_quiet(restored_state, capsys):
     assert capsys.readouterr().out == ""
     with pytest.raises(ValueError, match="unknown profile"):
         setup("no-such-profile", show=False)
+
+
+def test_overrides_from_the_environment_make_a_custom_profile(restored_state, monkeypatch, tmp_path):
+    """$DRAFTALIGN_PROFILE_OVERRIDES changes a chapter's profile; the changed profile has its
+    own name, so its artifacts never land in the unchanged profile's runs folder."""
+    monkeypatch.delenv(OVERRIDES_ENV, raising=False)
+    assert overrides_from_env() == {} and setup("colab", show=False) == get_profile("colab")
+    monkeypatch.setenv(OVERRIDES_ENV, '{"kd_steps": 3, "ch5_gammas": [1, 2]}')
+    P = setup("colab", show=False)
+    assert (P.name, P.kd_steps, P.ch5_gammas) == ("colab-custom", 3, (1, 2))
+    assert P.kd_data == get_profile("colab").kd_data  # the rest is the colab profile's
+    monkeypatch.setenv("DRAFTALIGN_RUNS", str(tmp_path))
+    assert runs_dir(P) == tmp_path / "colab-custom" != runs_dir(get_profile("colab"))
+    for text, message in [("{kd_steps: 3}", "not JSON"), ("[1, 2]", "JSON object"),
+                          ('{"kd_stepz": 3}', "no profile field: kd_stepz"), ('{"name": "cpu"}', "name follows")]:
+        monkeypatch.setenv(OVERRIDES_ENV, text)
+        with pytest.raises(ValueError, match=message):
+            setup("colab", show=False)
 
 
 def test_versions_table_has_versions_and_the_profile():

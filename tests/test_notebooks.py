@@ -3,11 +3,17 @@
 The execution test runs the notebooks itself, unless ``DRAFTALIGN_EXECUTED`` names a
 folder where ``python -m draftalign.book --profile ci`` just executed the same notebook
 sources (``.ci/run`` does that before building the book, so CI runs each notebook once).
+
+Chapters 2-5 also run with the ``colab`` profile's own path (the shipped pretraining stage,
+the shipped packed reference answers, the target online, full-vocabulary drafts) at the
+``ci`` profile's sizes, through ``$DRAFTALIGN_PROFILE_OVERRIDES``: every cell a Colab reader
+runs has run, on the CPU. (Chapter 1 has no colab-only path: at ci sizes it is the ci run.)
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -17,7 +23,7 @@ import pytest
 import yaml
 
 from draftalign.book import notebooks, run_notebooks, source_digest
-from draftalign.profiles import PROFILES
+from draftalign.profiles import OVERRIDES_ENV, PROFILES, Profile
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = notebooks(ROOT)
@@ -166,3 +172,70 @@ def test_source_digest_follows_the_content_only(tmp_path):
     assert source_digest(a) == first == source_digest(b)
     a.write_text('{"cells": [1]}')
     assert source_digest(a) != first
+
+
+# what makes the colab path the colab path: kept from the colab profile; every other field
+# that differs from the ci profile (a size, a budget, a prompt count) takes the ci value
+COLAB_PATH_FIELDS = {"name", "pretrained_from", "draft_hidden", "draft_layers", "draft_heads",
+                     "draft_intermediate", "distill_topk", "kd_data", "kd_target", "kd_sub_vocab",
+                     "kd_losses", "kd_lr"}
+
+
+COLAB_KD_ROWS = 240  # of the 10,240 shipped answers (all of them: 6 minutes of Chapter 4 on 2 cores)
+
+
+def colab_at_ci_sizes() -> dict:
+    ci, colab = PROFILES["ci"], PROFILES["colab"]
+    sizes = {f.name: getattr(ci, f.name) for f in dataclasses.fields(Profile)
+             if f.name not in COLAB_PATH_FIELDS and getattr(ci, f.name) != getattr(colab, f.name)}
+    return sizes | {"kd_rows": COLAB_KD_ROWS}
+
+
+def test_colab_at_ci_sizes_keeps_the_colab_path():
+    overrides = colab_at_ci_sizes()
+    assert overrides["kd_steps"] == PROFILES["ci"].kd_steps and "ch5_gammas" in overrides
+    assert not COLAB_PATH_FIELDS & set(overrides)
+    assert json.loads(json.dumps(overrides))  # what the environment variable carries
+
+
+COLAB_CHAPTERS = [nb for nb in NOTEBOOKS if not nb.name.startswith("01")]
+
+
+@pytest.fixture(scope="module")
+def colab_run(tmp_path_factory):
+    """Chapters 2-5 in order with ``PROFILE = "colab"`` at ci sizes, in one runs folder (each
+    chapter reuses the last one's artifacts, as on Colab); ``{notebook: (executed copy, error)}``."""
+    runs, out = tmp_path_factory.mktemp("colab-runs"), tmp_path_factory.mktemp("colab-executed")
+    results = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DRAFTALIGN_RUNS", str(runs))
+        mp.setenv(OVERRIDES_ENV, json.dumps(colab_at_ci_sizes()))
+        for nb in COLAB_CHAPTERS:
+            try:
+                run_notebooks("colab", root=ROOT, only=[nb.name], out_dir=out)
+                results[nb.name] = (out / nb.name, None)
+            except SystemExit as exc:
+                results[nb.name] = (out / nb.name, str(exc))
+    return runs, results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", COLAB_CHAPTERS, ids=[nb.stem for nb in COLAB_CHAPTERS])
+def test_notebook_runs_the_colab_path_at_ci_sizes(path, colab_run):
+    runs, results = colab_run
+    executed, error = results[path.name]
+    assert error is None, error
+    nb = nbformat.read(executed, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.execution_count is not None for c in code), f"{path.name}: not every cell ran"
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    assert (runs / "colab-custom").is_dir() and not (runs / "colab").exists()
+    if path.name.startswith("02"):  # the shipped pretraining stage, copied: nothing pretrained here
+        spec = json.loads((runs / "colab-custom" / "draft-pretrained" / "manifest.json").read_text())["spec"]
+        assert spec["from"] == PROFILES["colab"].pretrained_from
+    if path.name.startswith("04"):  # each loss distilled on the shipped answers, full vocabulary
+        for loss in PROFILES["colab"].kd_losses:
+            spec = json.loads((runs / "colab-custom" / f"draft-{loss}" / "manifest.json").read_text())["spec"]
+            assert spec["data"] == PROFILES["colab"].kd_data and spec["data_rows"] == COLAB_KD_ROWS
+            config = json.loads((runs / "colab-custom" / f"draft-{loss}" / "config.json").read_text())
+            assert config["vocab_size"] == 49152

@@ -9,6 +9,7 @@ A tiny Llama over SmolLM2's vocabulary stands in for the target, with SmolLM2's 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -184,6 +185,21 @@ def test_colab_profile_distils_on_the_shipped_reference_answers(target, tokenize
     assert draft.config.hidden_size == P.draft_hidden and draft.config.num_hidden_layers == P.draft_layers
     shipped = AutoModelForCausalLM.from_pretrained(runs / "colab" / "draft-tvd++")
     assert shipped.config.vocab_size == 49152
+
+
+def test_kd_rows_draws_the_same_sample_every_run(target, tokenizer, runs):
+    """``kd_rows``: that many answers of the set, the same ones for the same seed, other ones
+    for another seed; the distilled draft's spec records the sample."""
+    P = get_profile("colab", kd_rows=40, kd_steps=1, kd_batch=2, kd_warmup=1, kd_max_length=96)
+    data, _ = pipeline.kd_dataset(target, tokenizer, P, progress=False)
+    again, _ = pipeline.kd_dataset(target, tokenizer, P, progress=False)
+    other, _ = pipeline.kd_dataset(target, tokenizer, replace(P, seed=1), progress=False)
+    assert len(data) == 40 and data["response_ids"] == again["response_ids"] != other["response_ids"]
+    assert len({r["category"] for r in data}) > 1  # drawn across the set, not its first rows
+    _, _, manifest = pipeline.distilled_draft(target, tokenizer, P, "fkl", progress=False)
+    assert manifest["spec"]["data_rows"] == 40 and manifest["spec"]["data_sample"] == {"rows": 40, "seed": 0}
+    with pytest.raises(ValueError, match="kd_rows"):
+        pipeline.kd_dataset(target, tokenizer, replace(P, kd_rows=0), progress=False)
 
 
 def test_gpu_profile_stages_run_at_tiny_sizes_with_local_stand_ins_for_the_hub(target, tokenizer, runs,

@@ -1,6 +1,7 @@
 """The first cell of every chapter: one call that applies the book's notebook settings.
 
-Reads a profile name (the papermill ``PROFILE`` parameter) and the environment; writes
+Reads a profile name (the papermill ``PROFILE`` parameter) and the environment (threads,
+``$DRAFTALIGN_PROFILE_OVERRIDES``); writes
 nothing to disk. :func:`setup` sets the process-wide state a chapter's output depends on
 (the torch seed, optionally the profile's torch thread count, progress bars, warnings,
 pandas' display precision), shows the versions table (:func:`draftalign.provenance.versions`)
@@ -13,7 +14,7 @@ import warnings
 
 import pandas as pd
 
-from .profiles import Profile, get_profile
+from .profiles import Profile, profile_for_run
 from .provenance import versions
 
 __all__ = ["setup", "versions_table"]
@@ -34,11 +35,13 @@ def setup(profile: str, *, threads: bool = False, show: bool = True) -> Profile:
       that time things (one thread drifts far less on a shared CPU); the training chapters
       keep torch's default, which their results were produced with;
     - ``torch.manual_seed(P.seed)``, and pandas shows 3 decimals;
+    - ``$DRAFTALIGN_PROFILE_OVERRIDES`` (JSON) changes fields of the profile, which is
+      then called ``<profile>-custom`` (:func:`~draftalign.profiles.profile_for_run`);
     - ``show``: display the versions table (:func:`versions_table`) below the cell.
     """
     from tqdm import TqdmWarning
 
-    P = get_profile(profile)
+    P = profile_for_run(profile)
     # before anything imports tqdm.auto (transformers does): its warning about widgets
     # would print in every executed notebook
     warnings.filterwarnings("ignore", category=TqdmWarning)

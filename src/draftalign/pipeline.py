@@ -177,18 +177,26 @@ def kd_dataset(target, tokenizer, P: Profile, *, progress: bool = True):
     """The data Chapter 4 distils on, and its folder: the shipped set named by
     ``P.kd_data`` (made by ``python -m draftalign.generate``, see its provenance.json; or a
     packed answer set such as the reference drafter's, :mod:`draftalign.packed`), or the
-    profile's own distillation data from Chapter 3 (``"generated"``)."""
+    profile's own distillation data from Chapter 3 (``"generated"``). With ``P.kd_rows``,
+    that many of its rows, drawn with ``P.seed`` (the same rows every run)."""
+    if P.kd_rows is not None and P.kd_rows < 1:
+        raise ValueError(f"kd_rows must be a positive number of answers or None, got {P.kd_rows}")
     if P.kd_data == "generated":
         distillation_data(target, tokenizer, P, progress=progress)
         folder = runs_dir(P) / "distill-data"
-        return load_distillation_data(folder), folder
-    folder = repo_root() / P.kd_data
-    if is_packed(folder):
-        return datasets.Dataset.from_list(read_packed_answers(folder, tokenizer)), folder
-    if not (folder / "records.jsonl").exists():
-        raise FileNotFoundError(f"{folder} holds no distillation set; build it with the command in "
-                                f"its provenance.json, or set kd_data='generated'")
-    return load_distillation_data(folder), folder
+        data = load_distillation_data(folder)
+    else:
+        folder = repo_root() / P.kd_data
+        if is_packed(folder):
+            data = datasets.Dataset.from_list(read_packed_answers(folder, tokenizer))
+        elif (folder / "records.jsonl").exists():
+            data = load_distillation_data(folder)
+        else:
+            raise FileNotFoundError(f"{folder} holds no distillation set; build it with the command in "
+                                    f"its provenance.json, or set kd_data='generated'")
+    if P.kd_rows is not None and P.kd_rows < len(data):
+        data = data.shuffle(seed=P.seed).select(range(P.kd_rows))
+    return data, folder
 
 
 def held_out_split(data, *, share: float = 0.05):
@@ -242,6 +250,8 @@ def distilled_draft(target, tokenizer, P: Profile, loss: str, *, loss_options: d
             "base": base_manifest["spec"], "data": str(P.kd_data), "data_rows": len(data),
             "target_logits": P.kd_target, "max_length": P.kd_max_length, "sub_vocab": P.kd_sub_vocab,
             "train": asdict(cfg)}
+    if P.kd_rows is not None:  # a sample of the set (absent otherwise: earlier specs stay valid)
+        spec["data_sample"] = {"rows": P.kd_rows, "seed": P.seed}
     internal = folder / TRAINING_FORM
     if is_complete(folder, spec):
         return _load_draft(internal, target), history_of(internal), read_manifest(folder)

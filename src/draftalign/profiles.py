@@ -14,13 +14,17 @@ and call :func:`get_profile`. Three sizes of the same book:
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 DEFAULT_TARGET = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the embedded target (draftalign.models loads it)
 
-__all__ = ["Profile", "PROFILES", "get_profile", "repo_root", "runs_dir"]
+__all__ = ["Profile", "PROFILES", "OVERRIDES_ENV", "get_profile", "overrides_from_env", "profile_for_run",
+           "repo_root", "runs_dir"]
+
+OVERRIDES_ENV = "DRAFTALIGN_PROFILE_OVERRIDES"  # JSON object of Profile fields, read by the notebooks
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ class Profile:
     kd_data: str = "data/distill/smollm2-135m-t0.7"  # a shipped set (see its provenance), or "generated"
     kd_target: str = "cached"  # "cached" (the data's top-k, fast) or "online" (exact target logits)
     kd_losses: tuple[str, ...] = ("fkl", "rkl", "tvd", "tvd++")
+    kd_rows: int | None = None  # distil on this many answers of the set, drawn with the seed (None: all)
     kd_steps: int = 480
     kd_batch: int = 8
     kd_lr: float = 3e-3
@@ -213,6 +218,37 @@ def get_profile(name: str, **overrides) -> Profile:
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
     return replace(PROFILES[name], **overrides) if overrides else PROFILES[name]
+
+
+def overrides_from_env() -> dict:
+    """The profile fields to change, from ``$DRAFTALIGN_PROFILE_OVERRIDES`` (a JSON object,
+    e.g. ``{"kd_steps": 20, "ch5_gammas": [1, 2, 4]}``; lists become tuples); ``{}`` when
+    unset. Raises ``ValueError`` naming the problem for text that is not such an object, an
+    unknown field, or ``name``."""
+    text = os.environ.get(OVERRIDES_ENV, "").strip()
+    if not text:
+        return {}
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"${OVERRIDES_ENV} is not JSON ({exc}): {text[:80]!r}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"${OVERRIDES_ENV} must be a JSON object of profile fields, got {type(raw).__name__}")
+    known = {f.name for f in fields(Profile)} - {"name"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"${OVERRIDES_ENV} names no profile field: {', '.join(unknown)}"
+                         + (" (the name follows from the profile)" if "name" in unknown else ""))
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+
+
+def profile_for_run(name: str) -> Profile:
+    """The profile a chapter runs with: ``name``, changed by :func:`overrides_from_env` if
+    set. A changed profile is called ``<name>-custom``, so its artifacts go to their own
+    ``runs/<name>-custom/`` and never replace the unchanged profile's."""
+    overrides = overrides_from_env()
+    P = get_profile(name, **overrides)
+    return replace(P, name=f"{name}-custom") if overrides else P
 
 
 def repo_root(start: Path | None = None) -> Path:
