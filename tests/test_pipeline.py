@@ -179,6 +179,7 @@ def test_colab_profile_distils_on_the_shipped_reference_answers(target, tokenize
     data, folder = pipeline.kd_dataset(target, tokenizer, P, progress=False)
     provenance = json.loads((folder / "provenance.json").read_text())
     assert len(data) == provenance["rows"] and {"prompt_ids", "response_ids", "kind"} <= set(data.column_names)
+    assert pipeline.kd_dataset(target, tokenizer, P, progress=False)[0] is data  # read once per process
     draft, history, manifest = pipeline.distilled_draft(target, tokenizer, P, "tvd++", progress=False)
     assert len(history) == 2 and manifest["spec"]["data_rows"] == provenance["rows"]
     assert manifest["spec"]["base"]["from"] == P.pretrained_from

@@ -139,7 +139,7 @@ def tvdpp(draft_logits, target_logits, mask=None, *, estimator: str = "exact", n
     The gradient of TVD is ``-E_{x~q}[r(x) grad log q(x)]`` with reward
     ``r(x) = 1[p(x) > q(x)]`` (eq. ``tvd-grad``). TVD++ replaces ``r`` by the advantage
     ``A = (r - b) / (sigma + eps)``: baseline ``b`` (the mean reward, if ``baseline``) and
-    scale ``sigma`` (the reward's standard deviation; ``s`` in the code), both held constant
+    scale ``sigma`` (the reward's standard deviation), both held constant
     (computed without gradient: a stop-gradient).
 
     ``estimator`` says how the expectation over ``x`` is taken:
@@ -192,9 +192,9 @@ def tvdpp(draft_logits, target_logits, mask=None, *, estimator: str = "exact", n
             tokens = labels.reshape(-1)[idx].unsqueeze(1)  # [n, 1]
         if normalize == "batch" and len(idx) and tokens is not None:  # over the sampled rewards
             r = _rewards(draft.detach(), target, idx, tokens)
-            b, s = r.mean().expand_as(mean_t), r.std(unbiased=False).expand_as(mean_t)
+            b, sigma = r.mean().expand_as(mean_t), r.std(unbiased=False).expand_as(mean_t)
             b = b if baseline else torch.zeros_like(b)
-            scale = 1.0 / (s + eps)
+            scale = 1.0 / (sigma + eps)
         else:
             b, scale = reward_baseline_and_scale(mean_t, var_t, normalize, baseline, eps)
 
@@ -221,19 +221,19 @@ def tvdpp(draft_logits, target_logits, mask=None, *, estimator: str = "exact", n
 
 
 def reward_baseline_and_scale(mean, var, normalize: str, baseline: bool, eps: float):
-    """TVD++'s baseline ``b`` and ``1 / (s + eps)`` per position (``[n]`` each) from the
+    """TVD++'s baseline ``b`` and ``1 / (sigma + eps)`` per position (``[n]`` each) from the
     reward's exact mean and variance under ``q`` at each position: per position, over the
     batch (q-weighted: the mixture's mean and variance), or unscaled (``"none"``)."""
     if normalize == "batch" and len(mean):
         b = mean.mean().expand_as(mean)
-        s = (var + (mean - b) ** 2).mean().sqrt().expand_as(mean)
+        sigma = (var + (mean - b) ** 2).mean().sqrt().expand_as(mean)
     elif normalize == "position":
-        b, s = mean, var.sqrt()
+        b, sigma = mean, var.sqrt()
     else:
-        b, s = mean, torch.ones_like(mean)
+        b, sigma = mean, torch.ones_like(mean)
     if not baseline:
         b = torch.zeros_like(b)
-    return b, 1.0 / (s + eps)
+    return b, 1.0 / (sigma + eps)
 
 
 def _rewards(draft, target, idx, tokens) -> torch.Tensor:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import shutil
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import datasets
 import pandas as pd
@@ -188,7 +189,7 @@ def kd_dataset(target, tokenizer, P: Profile, *, progress: bool = True):
     else:
         folder = repo_root() / P.kd_data
         if is_packed(folder):
-            data = datasets.Dataset.from_list(read_packed_answers(folder, tokenizer))
+            data = _packed_dataset(folder, tokenizer)
         elif (folder / "records.jsonl").exists():
             data = load_distillation_data(folder)
         else:
@@ -197,6 +198,20 @@ def kd_dataset(target, tokenizer, P: Profile, *, progress: bool = True):
     if P.kd_rows is not None and P.kd_rows < len(data):
         data = data.shuffle(seed=P.seed).select(range(P.kd_rows))
     return data, folder
+
+
+_PACKED: dict[tuple, datasets.Dataset] = {}  # a chapter distils each loss on the same packed set
+
+
+def _packed_dataset(folder: Path, tokenizer) -> datasets.Dataset:
+    """A packed answer set as a Dataset, read (templated and decoded: seconds) once per
+    process for the same files and tokenizer."""
+    files = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in sorted(folder.iterdir()) if f.is_file())
+    key = (str(folder.resolve()), files, tokenizer.name_or_path, len(tokenizer))
+    if key not in _PACKED:
+        _PACKED.clear()  # one set at a time: a few hundred MB at most
+        _PACKED[key] = datasets.Dataset.from_list(read_packed_answers(folder, tokenizer))
+    return _PACKED[key]
 
 
 def held_out_split(data, *, share: float = 0.05):
