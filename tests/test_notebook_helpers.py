@@ -143,6 +143,27 @@ def test_gradient_variance_exact_has_none_sampled_has_some():
     assert table.loc["sampled", "relative variance"] > 1e-3
 
 
+def test_gradient_variance_evaluates_a_deterministic_estimator_twice_only():
+    """Equal gradients for seeds 0 and 1: nothing is drawn, so the other seeds are skipped
+    (same numbers as evaluating all of them); a sampled estimator is evaluated per seed."""
+    d, t = _logits(6), _logits(7)
+    calls = {"exact": 0, "sampled": 0}
+
+    def counted(kind):
+        def loss(z, tt, mask=None, **options):
+            calls[kind] += 1
+            return tvdpp(z, tt, mask, **options)
+        return loss
+
+    table = gradient_variance({"exact": (counted("exact"), {}),
+                               "sampled": (counted("sampled"), {"estimator": "sampled", "normalize": "none"})},
+                              d, t, seeds=6)
+    assert calls == {"exact": 2, "sampled": 6}
+    assert table.loc["exact", "relative variance"] == 0.0
+    reference = gradient_variance({"exact": (tvdpp, {})}, d, t, seeds=1)
+    assert table.loc["exact", "cosine of mean with TVD gradient"] == reference.loc["exact", "cosine of mean with TVD gradient"]
+
+
 def test_gradient_variance_without_signal_is_nan():
     """Draft equal to the target: TVD's gradient is 0, so neither number is defined."""
     d = _logits(6)
