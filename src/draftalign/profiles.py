@@ -1,7 +1,8 @@
 """Profiles: every size, seed and model name of the book, in one place.
 
-Reads nothing; notebooks read only ``PROFILE`` from their papermill ``parameters`` cell
-and call :func:`get_profile`. Three sizes of the same book:
+Reads no file; notebooks read ``PROFILE`` from their papermill ``parameters`` cell and
+get it through :func:`profile_for_run` (in ``draftalign.notebook.setup``), which applies
+``$DRAFTALIGN_PROFILE_OVERRIDES`` if set. The sizes of the same book:
 
 - ``ci``: the real embedded target with tiny budgets (all chapters in minutes on 2 cores);
 - ``cpu``: the main job (``make book``), results that show the effects on a laptop CPU;
