@@ -146,7 +146,7 @@ PROFILES: dict[str, Profile] = {
     # leaves tau near 1, and distils three losses from it (RKL, whose cached form is the
     # weakest, stays in the ci and gpu profiles): 240 steps each, about 5 minutes on 2 cores.
     # Its Chapter 3 makes 8 answers per category (Chapter 4 distils on the shipped set made
-    # the same way, larger): enough to show the data, and `make book` stays under 35 minutes.
+    # the same way, larger): enough to show the data, with less for `make book` to do.
     "cpu": Profile(name="cpu", threads=1, pretrained_from="data/drafts/smollm2-135m-instruct-pretrained",
                    draft_hidden=192, draft_layers=6, draft_heads=3, draft_intermediate=768,
                    distill_per_category=8, kd_losses=("fkl", "tvd", "tvd++"), kd_steps=240),
