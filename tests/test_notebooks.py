@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from draftalign.book import notebooks, run_notebooks, source_digest
-from draftalign.profiles import OVERRIDES_ENV, PROFILES, Profile
+from draftalign.profiles import OVERRIDES_ENV, PROFILES, Profile, profile_for_run
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = notebooks(ROOT)
@@ -143,6 +143,16 @@ def _executed_copy(path: Path) -> Path | None:
     return Path(folder) / path.name
 
 
+def ran_clean(executed: Path, name: str):
+    """The executed notebook, after checking that every code cell ran and none raised."""
+    nb = nbformat.read(executed, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.execution_count is not None for c in code), f"{name}: not every cell ran"
+    errors = [o for c in code for o in c.outputs if o.output_type == "error"]
+    assert not errors, f"{name}: {errors[0].ename}: {errors[0].evalue}"
+    return nb
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_notebook_runs_with_ci_profile(path, tmp_path):
@@ -150,11 +160,7 @@ def test_notebook_runs_with_ci_profile(path, tmp_path):
     if executed is None:
         run_notebooks("ci", root=ROOT, only=[path.name], out_dir=tmp_path)
         executed = tmp_path / path.name
-    nb = nbformat.read(executed, as_version=4)
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(c.execution_count is not None for c in code), f"{path.name}: not every cell ran"
-    errors = [o for c in code for o in c.outputs if o.output_type == "error"]
-    assert not errors, f"{path.name}: {errors[0].ename}: {errors[0].evalue}"
+    nb = ran_clean(executed, path.name)
     params = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert params and 'PROFILE = "ci"' in params[0].source
 
@@ -191,11 +197,14 @@ def colab_at_ci_sizes() -> dict:
     return sizes | {"kd_rows": COLAB_KD_ROWS}
 
 
-def test_colab_at_ci_sizes_keeps_the_colab_path():
-    overrides = colab_at_ci_sizes()
-    assert overrides["kd_steps"] == PROFILES["ci"].kd_steps and "ch5_gammas" in overrides
-    assert not COLAB_PATH_FIELDS & set(overrides)
-    assert json.loads(json.dumps(overrides))  # what the environment variable carries
+def test_colab_at_ci_sizes_keeps_the_colab_path(monkeypatch):
+    """Through the environment variable, as the notebooks get it: the ci profile's sizes,
+    the colab profile's path."""
+    monkeypatch.setenv(OVERRIDES_ENV, json.dumps(colab_at_ci_sizes()))
+    P, ci, colab = profile_for_run("colab"), PROFILES["ci"], PROFILES["colab"]
+    assert (P.kd_steps, P.ch5_gammas, P.eval_max_new_tokens) == (ci.kd_steps, ci.ch5_gammas, ci.eval_max_new_tokens)
+    assert all(getattr(P, f) == getattr(colab, f) for f in COLAB_PATH_FIELDS - {"name"})
+    assert P.kd_rows == COLAB_KD_ROWS and P.name == "colab-custom"
 
 
 COLAB_CHAPTERS = [nb for nb in NOTEBOOKS if not nb.name.startswith("01")]
@@ -225,10 +234,7 @@ def test_notebook_runs_the_colab_path_at_ci_sizes(path, colab_run):
     runs, results = colab_run
     executed, error = results[path.name]
     assert error is None, error
-    nb = nbformat.read(executed, as_version=4)
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(c.execution_count is not None for c in code), f"{path.name}: not every cell ran"
-    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    ran_clean(executed, path.name)
     assert (runs / "colab-custom").is_dir() and not (runs / "colab").exists()
     if path.name.startswith("02"):  # the shipped pretraining stage, copied: nothing pretrained here
         spec = json.loads((runs / "colab-custom" / "draft-pretrained" / "manifest.json").read_text())["spec"]

@@ -85,8 +85,8 @@ def draft_colors(names) -> dict:
     distinct spare colours in order."""
     out, spare = {}, 0
     for name in names:
-        if _key(name) in DRAFT_COLORS:
-            out[name] = DRAFT_COLORS[_key(name)]
+        if (key := _key(name)) in DRAFT_COLORS:
+            out[name] = DRAFT_COLORS[key]
         else:
             out[name] = _SPARE[spare % len(_SPARE)]
             spare += 1
