@@ -167,17 +167,20 @@ def kd_loss_fn(target, loss: str, **options):
 
 def distill(draft, target, dataset, out_dir, *, loss: str, cfg: TrainConfig, max_length: int = 256,
             eval_dataset=None, loss_options: dict | None = None, pad_id: int = 0, topk: dict | None = None,
-            resume: bool = True, stop_after: int | None = None, progress: bool = True) -> pd.DataFrame:
+            eval_topk: dict | None = None, resume: bool = True, stop_after: int | None = None,
+            progress: bool = True) -> pd.DataFrame:
     """Fine-tune ``draft`` in place on ``dataset`` with the KD loss ``loss``; returns the
     training history (loss, tvd, top1, tokens/s; eval columns when ``eval_dataset`` is
     given). The target's distributions are computed online (exact), or taken from a
     cached top-k (``topk``, from :func:`draftalign.generate.load_topk`; approximate,
-    several times faster on a CPU). Evaluation always uses the exact target.
+    several times faster on a CPU). Evaluation uses the exact target, or with ``eval_topk``
+    (the held-out rows' cached top-k) the cached one: a held-out curve with many points
+    without a target pass at each (its ``eval_tvd`` is then against the cached target).
     Checkpoints, resume and the final Hugging Face folder as in :func:`draftalign.train.train`."""
     loss_fn = kd_loss_fn(target, loss, **(loss_options or {}))
     data = Batches(distill_examples(dataset, max_length=max_length, topk=topk), pad_id=pad_id, seed=cfg.seed)
     eval_data = None if eval_dataset is None else Batches(
-        distill_examples(eval_dataset, max_length=max_length), pad_id=pad_id)
+        distill_examples(eval_dataset, max_length=max_length, topk=eval_topk), pad_id=pad_id)
     target.eval()
     for p in target.parameters():
         p.requires_grad_(False)

@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # datasets is imported when a Dataset is built, not with this
     import datasets
 
 __all__ = ["generate_distillation_data", "generate_distillation_rows", "load_distillation_data",
-           "read_distillation_rows", "load_topk"]
+           "read_distillation_rows", "load_topk", "compute_topk"]
 
 _RECORDS = "records.jsonl"
 _SETTINGS = "settings.json"
@@ -108,6 +108,67 @@ def load_topk(out_dir) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
             out[int(i)] = (torch.from_numpy(z["ids"][a:b].astype(np.int64)),
                            torch.from_numpy(z["logprobs"][a:b].astype(np.float32)))
     return out
+
+
+@torch.inference_mode()
+def compute_topk(target, rows, out_dir, *, topk: int = 16, chunk: int = 64, batch_size: int = 8,
+                 progress: bool = True) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """The target's top-k at every answer token of ``rows``, for an answer set made without
+    it (e.g. the shipped reference answers): one teacher-forced target pass per answer.
+
+    ``rows``: dicts with ``index``, ``prompt_ids`` and ``response_ids``. Writes
+    ``out_dir/topk/batch-NNNNN.npz`` (the format :func:`load_topk` reads, ``chunk`` rows
+    each) beside ``out_dir/topk/settings.json`` (target, ``topk``, a digest of the rows);
+    resumable chunk by chunk: a finished chunk is never computed again, and a folder made
+    for other rows or another target raises :class:`SettingsMismatch`. Returns
+    :func:`load_topk` of ``out_dir``. Log-probabilities at temperature 1, as generation caches them.
+    """
+    rows = list(rows)
+    if not rows or topk < 1 or chunk < 1 or batch_size < 1:
+        raise ValueError("need rows, topk >= 1, chunk >= 1 and batch_size >= 1")
+    if any(not len(r["prompt_ids"]) for r in rows):
+        raise ValueError("a row has no prompt_ids: no position predicts its first answer token")
+    folder = Path(out_dir) / "topk"
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(json.dumps([[int(r["index"]), list(map(int, r["prompt_ids"])),
+                                         list(map(int, r["response_ids"]))] for r in rows]).encode()).hexdigest()
+    settings = {"model": target_id(target), "topk": topk, "rows": len(rows), "rows_sha256": digest, "chunk": chunk}
+    path = folder / "settings.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != settings:
+            diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+            raise SettingsMismatch(f"{folder} holds a top-k made with other settings {diff}; delete it", folder)
+    else:
+        if any(folder.glob("batch-*.npz")):
+            raise SettingsMismatch(f"{folder} holds a top-k of unknown settings; delete it", folder)
+        path.write_text(json.dumps(settings, indent=2))
+    device = next(target.parameters()).device
+    chunks = [rows[i:i + chunk] for i in range(0, len(rows), chunk)]
+    todo = [(c, part) for c, part in enumerate(chunks) if not (folder / f"batch-{c:05d}.npz").exists()]
+    bar = tqdm(total=len(rows), initial=len(rows) - sum(len(p) for _, p in todo), desc="target top-k",
+               unit="answer", disable=not progress, mininterval=10)
+    for c, part in todo:
+        kept = {}
+        order = sorted(range(len(part)), key=lambda j: len(part[j]["prompt_ids"]) + len(part[j]["response_ids"]))
+        for s in range(0, len(order), batch_size):  # similar lengths together: little padding
+            group = [part[j] for j in order[s:s + batch_size]]
+            seqs = [list(r["prompt_ids"]) + list(r["response_ids"]) for r in group]
+            width = max(len(q) for q in seqs)
+            ids = torch.zeros((len(seqs), width), dtype=torch.long)
+            attn = torch.zeros((len(seqs), width), dtype=torch.long)
+            for j, q in enumerate(seqs):  # right padding: positions as unpadded
+                ids[j, :len(q)], attn[j, :len(q)] = torch.tensor(q), 1
+            hidden = target.base_model(input_ids=ids.to(device), attention_mask=attn.to(device)).last_hidden_state
+            for j, r in enumerate(group):
+                m, n = len(r["prompt_ids"]), len(r["response_ids"])
+                logits = target.get_output_embeddings()(hidden[j, m - 1:m + n - 1]).float()  # [n, V]
+                values, tokens = logits.log_softmax(-1).topk(topk, dim=-1)  # [n, k]
+                kept[int(r["index"])] = (tokens.cpu().numpy(), values.cpu().numpy())
+        _save_topk(folder / f"batch-{c:05d}.npz", [(int(r["index"]), *kept[int(r["index"])]) for r in part])
+        bar.update(len(part))
+    bar.close()
+    return load_topk(out_dir)
 
 
 def read_distillation_rows(out_dir) -> list[dict]:

@@ -27,6 +27,7 @@ __all__ = [
     "acceptance_rate",
     "mean_tau",
     "pooled_tau",
+    "expected_target_calls",
 ]
 
 
@@ -185,3 +186,46 @@ def pooled_tau(tokens, target_calls) -> float:
     if calls == 0:
         raise ValueError("no target calls")
     return tokens / calls
+
+
+def expected_target_calls(accept: Sequence[float], gamma: int, *, budget: int | None = None) -> float:
+    """Expected target calls speculative decoding makes to write an answer of
+    ``L = len(accept)`` tokens, when the draft at answer position ``t`` is accepted with
+    probability ``accept[t]``, independently given the answer.
+
+    Follows :func:`draftalign.speculative.speculative_generate` block for block: a block at
+    position ``t`` drafts ``g = min(gamma, budget - t - 1)`` tokens, accepts a leading run
+    of them and adds one target token (a correction or the bonus), so it moves ``k + 1``
+    positions when ``k`` drafts are accepted; the answer's end (its last token, EOS or the
+    budget) ends the last block. ``E[t] = 1 + sum_k P_t(k) E[t + k + 1]``, ``E[>= L] = 0``;
+    ``L / E[0]`` is the answer's expected tau. With 0/1 entries (greedy: does the draft's
+    argmax equal the target's token) this is the exact count of a greedy replay.
+
+    Given the target's answer, the acceptance at a drafted position is exactly
+    ``min(1, q(x_t) / p(x_t))`` for the token ``x_t`` the target wrote (speculative sampling
+    accepts with probability ``min(p, q)(x)`` and outputs ``x`` with probability ``p(x)``),
+    and these events are independent given the answer: with those entries the expected
+    calls are exact, their mean over the target's sampled answers unbiased.
+    """
+    gamma = _check_gamma(gamma)
+    a = np.asarray(accept, dtype=float)
+    n = len(a)
+    if n == 0:
+        return 0.0
+    if ((a < 0) | (a > 1) | np.isnan(a)).any():
+        raise ValueError("acceptance probabilities must lie in [0, 1]")
+    budget = n if budget is None else int(budget)
+    if budget < n:
+        raise ValueError(f"budget {budget} is below the answer's {n} tokens")
+    calls = np.zeros(n + gamma + 2)  # calls[t]: expected calls from position t (0 at and past the end)
+    for t in range(n - 1, -1, -1):
+        g = min(gamma, budget - t - 1)
+        total, reach = 1.0, 1.0  # reach: probability the first k drafts were all accepted
+        for k in range(g + 1):
+            if t + k >= n:  # the answer ended inside this block: nothing left to write
+                break
+            stop = reach * (1.0 - a[t + k]) if k < g else reach  # k drafts accepted, then a rejection (or all g)
+            total += stop * calls[min(n, t + k + 1)]
+            reach *= a[t + k]
+        calls[t] = total
+    return float(calls[0])

@@ -35,7 +35,8 @@ from .train import Batches, TrainConfig, history_of, train
 TRAINING_FORM = "_training"  # inside a distilled draft's folder: the form it was trained in (internal)
 
 __all__ = ["TRAINING_FORM", "held_out_split", "draft_spec", "make_profile_draft", "pretrain_config", "pretrained_draft",
-           "distill_prompts", "distillation_data", "kd_dataset", "kd_config", "distilled_draft"]
+           "distill_prompts", "distillation_data", "kd_dataset", "kd_config", "kd_split", "distilled_draft",
+           "report_prompts", "report_answers"]
 
 
 def draft_spec(P: Profile) -> dict:
@@ -246,21 +247,31 @@ def held_out_split(data, *, share: float = 0.05):
     return pick(train_idx), pick(held_idx)
 
 
-def kd_config(P: Profile) -> TrainConfig:
+def kd_config(P: Profile, seed: int | None = None) -> TrainConfig:
+    every = P.kd_eval_every or (P.kd_steps if P.kd_steps < 12 else P.kd_steps // 3)
     return TrainConfig(max_steps=P.kd_steps, batch_size=P.kd_batch, lr=P.kd_lr, warmup_steps=P.kd_warmup,
-                       eval_every=P.kd_steps if P.kd_steps < 12 else P.kd_steps // 3, eval_batches=2,
-                       checkpoint_every=max(1, P.kd_steps // 4), seed=P.seed)
+                       eval_every=every, eval_batches=2 if P.kd_eval_every is None else 4,
+                       checkpoint_every=max(1, P.kd_steps // 4), seed=P.seed if seed is None else seed,
+                       autocast=P.kd_autocast)
+
+
+def kd_split(data, P: Profile):
+    """``(train, held_out)``: the profile's split of its distillation set (by prompt)."""
+    return held_out_split(data, share=P.kd_held_out_share)
 
 
 def distilled_draft(target, tokenizer, P: Profile, loss: str, *, loss_options: dict | None = None,
-                    name: str | None = None, progress: bool = True):
+                    name: str | None = None, seed: int | None = None, progress: bool = True):
     """The pretrained draft fine-tuned with ``loss`` on :func:`kd_dataset`:
     ``(draft, history, manifest)``, from ``runs/<profile>/draft-<name or loss>/`` (reused
-    when complete with the same spec; resumed from its checkpoint when interrupted)."""
+    when complete with the same spec; resumed from its checkpoint when interrupted).
+    ``seed``: the training seed (the data order), the profile's by default; a draft
+    trained with another seed lives in ``draft-<name or loss>-s<seed>/``."""
     base, _, base_manifest = pretrained_draft(target, tokenizer, P, progress=progress)
     data, data_folder = kd_dataset(target, tokenizer, P, progress=progress)
-    folder = runs_dir(P) / f"draft-{name or loss}"
-    cfg = kd_config(P)
+    seed = P.seed if seed is None else int(seed)
+    folder = runs_dir(P) / (f"draft-{name or loss}" + ("" if seed == P.seed else f"-s{seed}"))
+    cfg = kd_config(P, seed)
     spec = {"stage": "distill", "loss": loss, "loss_options": loss_options or {},
             "base": base_manifest["spec"], "data": str(P.kd_data), "data_rows": len(data),
             "target_logits": P.kd_target, "max_length": P.kd_max_length, "sub_vocab": P.kd_sub_vocab,
@@ -274,7 +285,7 @@ def distilled_draft(target, tokenizer, P: Profile, loss: str, *, loss_options: d
     topk = load_topk(data_folder) if P.kd_target == "cached" else None
     if P.kd_target == "cached" and not topk:
         raise ValueError(f"{data_folder} has no cached top-k; set kd_target='online'")
-    train_rows, eval_rows = held_out_split(data)
+    train_rows, eval_rows = kd_split(data, P)
 
     def run():
         param = next(target.parameters())  # trained in fp32 (master weights) whatever the target's dtype
@@ -284,9 +295,12 @@ def distilled_draft(target, tokenizer, P: Profile, loss: str, *, loss_options: d
             keep = sub_vocabulary(train_rows, topk=topk, per_position=P.kd_sub_vocab,
                                   always=tokenizer.all_special_ids)
             draft = sub_vocab_draft(draft, keep)
+        # the held-out curve against the cached target when there is one: many points, no target pass
+        curve = eval_rows if P.kd_eval_every is None or topk is None else \
+            eval_rows.shuffle(seed=0).select(range(min(len(eval_rows), 4 * P.kd_batch)))
         history = distill(draft, target, train_rows, internal, loss=loss, cfg=cfg, max_length=P.kd_max_length,
-                          eval_dataset=eval_rows, loss_options=loss_options, pad_id=tokenizer.pad_token_id,
-                          topk=topk, progress=progress)
+                          eval_dataset=curve, loss_options=loss_options, pad_id=tokenizer.pad_token_id,
+                          topk=topk, eval_topk=topk if P.kd_eval_every is not None else None, progress=progress)
         return draft, history
 
     draft, history = resume_or_restart(run)
@@ -328,3 +342,60 @@ def _card_body(P: Profile, loss: str, record: dict, draft) -> str:
         lines += ["", SUB_VOCAB_CARD_NOTE, "", f"The training form (the sub-vocabulary model and its map) is in "
                                               f"`{TRAINING_FORM}/`: `draftalign.subvocab.load_draft` loads it."]
     return "\n".join(lines)
+
+
+def held_out_prompts(held_rows, per_category: int) -> list[dict]:
+    """Up to ``per_category`` distinct prompts of each category among held-out rows (those
+    of :func:`held_out_split`), chosen by a hash of the text (stable across runs), as dicts
+    with ``id``, ``category``, ``prompt`` and ``prompt_ids``."""
+    import hashlib
+    from collections import defaultdict
+
+    by_category = defaultdict(dict)
+    for row in held_rows:
+        by_category[row.get("category")].setdefault(row["prompt"], list(row["prompt_ids"]))
+    chosen = []
+    for cat in sorted(by_category, key=str):
+        ranked = sorted(by_category[cat], key=lambda t: hashlib.sha256(t.encode("utf-8")).hexdigest())
+        chosen += [{"id": f"{cat}-{i}", "category": cat, "prompt": t, "prompt_ids": by_category[cat][t]}
+                   for i, t in enumerate(ranked[:per_category])]
+    return chosen
+
+
+def report_prompts(data, P: Profile) -> dict[str, list[dict]]:
+    """The prompts of Chapter 4's verdict: ``held-out`` (prompts of the distillation set no
+    draft trained on, :func:`kd_split`, ``P.report_per_category`` per category: the same
+    kind of prompt as the training data) and ``MT-Bench`` (first turns, a public set of
+    another kind: the out-of-distribution check)."""
+    _, held = kd_split(data, P)
+    return {"held-out": held_out_prompts(held, P.report_per_category),
+            "MT-Bench": load_prompts("mt_bench", limit_per_category=P.report_mt_bench_per_category)}
+
+
+def report_answers(target, tokenizer, P: Profile, name: str, prompts: list[dict], *, progress: bool = True) -> list[dict]:
+    """The target's answers to ``prompts`` at the profile's report temperatures
+    (:func:`draftalign.evaluate.target_answers`), kept in ``runs/<profile>/answers-<name>/``
+    and reused while the target, prompts and settings are the same."""
+    import hashlib
+    import json
+
+    from .evaluate import target_answers
+
+    folder = runs_dir(P) / f"answers-{name}"
+    texts = [p["prompt"] for p in prompts]
+    spec = {"stage": "report-answers", "target": target_id(target), "dtype": str(next(target.parameters()).dtype),
+            "prompts_sha256": hashlib.sha256("\0".join(texts).encode("utf-8")).hexdigest(),
+            "temperatures": list(P.report_temperatures), "max_new_tokens": P.report_max_new_tokens, "seeds": [P.seed]}
+    path = folder / "answers.json"
+    if is_complete(folder, spec) and path.exists():
+        return json.loads(path.read_text())
+    clear_finished(folder)
+    start = time.perf_counter()
+    answers = target_answers(target, prompts, temperatures=P.report_temperatures, tokenizer=tokenizer,
+                             max_new_tokens=P.report_max_new_tokens, seeds=(P.seed,), progress=progress)
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(answers))
+    write_manifest(folder, spec, inputs={"prompts": len(prompts)},
+                   results={"answers": len(answers), "tokens": sum(len(a["tokens"]) for a in answers),
+                            "seconds": time.perf_counter() - start})
+    return answers
