@@ -1,21 +1,28 @@
 """Shared fixtures: tiny random Llama models built in code, and the real chat target.
 
 Most tests run on tiny ``LlamaForCausalLM`` models (vocabulary 5-64, hidden 16-32, one or
-two layers) that build in milliseconds. Tests marked ``slow`` use the real embedded target
-(SmolLM2-135M-Instruct), loaded once per session by :func:`real_target`.
+two layers) that build in milliseconds. Tests that need only SmolLM2's tokenizer take
+:func:`tokenizer`, built from files tracked in the repository (no download, no conversion).
+Tests marked ``slow`` use the real embedded target (SmolLM2-135M-Instruct), loaded once per
+session by :func:`real_target`.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from scipy.stats import chisquare
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from draftalign.models import load_target
 
 _NO_EOS = object()
+# The shipped pretrained draft carries the target's tokenizer files (tokenizer.json,
+# tokenizer_config.json, chat_template.jinja); test_models checks they match load_target's.
+TOKENIZER_FOLDER = Path(__file__).parents[1] / "data" / "drafts" / "smollm2-135m-instruct-pretrained"
 
 
 def build_tiny_llama(*, vocab_size: int = 32, hidden_size: int = 16, num_layers: int = 1,
@@ -77,6 +84,16 @@ def _single_intra_op_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """SmolLM2-135M-Instruct's tokenizer and chat template, from tracked files: no network,
+    no target conversion. Shared by the whole session: do not modify it (copy it first)."""
+    tok = AutoTokenizer.from_pretrained(TOKENIZER_FOLDER)
+    assert len(tok) == 49152
+    assert tok.eos_token_id == 2 and tok.convert_ids_to_tokens(2) == "<|im_end|>"
+    return tok
 
 
 @pytest.fixture(scope="session")

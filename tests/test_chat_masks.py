@@ -13,23 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer
 
 from draftalign.chat import chat_input_ids, distill_example, encode_chat_example, generation_prefix_ids
-from draftalign.models import offline_target_folder
 
 GOLDEN = Path(__file__).parent / "fixtures" / "smollm2_chat_golden.json"
 IM_START, IM_END = 1, 2  # SmolLM2's <|im_start|> and <|im_end|> (= eos)
 CASES = json.loads(GOLDEN.read_text(encoding="utf-8"))["cases"]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    torch.set_num_threads(1)
-    tok = AutoTokenizer.from_pretrained(offline_target_folder())
-    assert tok.eos_token_id == IM_END and tok.convert_ids_to_tokens(IM_END) == "<|im_end|>"
-    assert len(tok) == 49152
-    return tok
 
 
 def test_golden_fixture_is_what_it_claims():

@@ -10,18 +10,16 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from draftalign import cli
-from draftalign.models import offline_target_folder
 
 
 @pytest.fixture(scope="module")
-def qwen_target(tmp_path_factory):
+def qwen_target(tmp_path_factory, tokenizer):
     """A tiny Qwen2 chat 'target' folder (random weights, real chat template and tokenizer)."""
     folder = tmp_path_factory.mktemp("qwen")
-    tok = AutoTokenizer.from_pretrained(offline_target_folder())
-    config = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                          tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
     torch.manual_seed(0)
@@ -31,7 +29,7 @@ def qwen_target(tmp_path_factory):
     model.generation_config.eos_token_id = 2
     model.generation_config.pad_token_id = 2
     model.save_pretrained(folder)
-    tok.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return folder
 
 

@@ -9,28 +9,18 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from transformers import AutoTokenizer
 
 import draftalign.data as data_mod
 import draftalign.models as models_mod
 from draftalign.artifacts import MANIFEST, is_complete, read_manifest, write_manifest
 from draftalign.corpus import pretraining_texts, texts_digest
 from draftalign.data import CATEGORIES, load_hub_prompts, load_prompts, pack_blocks, stdlib_docstrings, web_texts
-from draftalign.models import offline_target_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 EOS = 2
 TEXTS = ["Hello world.", "The quick brown fox jumps over the lazy dog.", "Short one.",
          "Speculative decoding lets a small draft model propose tokens that a large target verifies.",
          "def f(x):\n    return x + 1"]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    torch.set_num_threads(1)
-    tok = AutoTokenizer.from_pretrained(offline_target_folder())
-    assert tok.eos_token_id == EOS
-    return tok
 
 
 @pytest.fixture(autouse=True)

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoTokenizer
 
 from draftalign.distill import distill, gradient_variance, kd_loss_fn, logit_gradient, sub_vocab_ceilings
 from draftalign.distill import distill_examples
 from draftalign.generate import generate_distillation_data
 from draftalign.losses import tvd, tvdpp
-from draftalign.models import offline_target_folder
 from draftalign.speculative import autoregressive_generate, speculative_generate
 from draftalign.timing import compare_decoders, pass_cost
 from draftalign.train import Batches, TrainConfig, lm_loss, train
@@ -136,8 +134,7 @@ def test_training_and_distillation_follow_the_model(pair, tmp_path):
         assert probed[cols].to_numpy() == pytest.approx(normal[cols].to_numpy(), nan_ok=True)
 
 
-def test_generation_of_distillation_data_follows_the_target(tmp_path, tiny_llama):
-    tokenizer = AutoTokenizer.from_pretrained(offline_target_folder())
+def test_generation_of_distillation_data_follows_the_target(tmp_path, tiny_llama, tokenizer):
     target = tiny_llama(vocab_size=len(tokenizer), hidden_size=16, eos_token_id=tokenizer.eos_token_id,
                         max_position_embeddings=256)
     kw = dict(max_new_tokens=4, temperature=0.7, top_p=1.0, batch_size=2, seed=0, topk=3, progress=False)

@@ -18,16 +18,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from draftalign.export import SUB_VOCAB_CARD_NOTE, export_draft, full_vocab_model, model_card
-from draftalign.models import offline_target_folder
 from draftalign.speculative import autoregressive_generate, speculative_generate
 from draftalign.subvocab import sub_vocab_draft
 
 VOCAB = 49152
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(offline_target_folder())
 
 
 def test_export_writes_a_folder_transformers_loads(tiny_llama, tokenizer, tmp_path):

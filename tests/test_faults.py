@@ -19,21 +19,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer
 
 from draftalign.artifacts import CorruptFile, SettingsMismatch
 from draftalign.generate import generate_distillation_rows, load_distillation_data, read_distillation_rows
-from draftalign.models import load_target, offline_target_folder
+from draftalign.models import load_target
 from draftalign.subvocab import SUB_VOCAB_FILE, load_draft, sub_vocab_draft
 from draftalign.train import Batches, TrainConfig, train
 
 PROMPTS = ["Hi there", "Name a colour.", "Count to three.", "Say yes.", "What is two plus two?"]
 KW = dict(max_new_tokens=4, temperature=0.0, top_p=1.0, batch_size=2, seed=0, progress=False)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(offline_target_folder())
 
 
 @pytest.fixture(scope="module")

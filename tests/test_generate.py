@@ -19,12 +19,10 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from transformers import AutoTokenizer
 
 from draftalign.chat import generation_prefix_ids
 from draftalign.data import CATEGORIES
 from draftalign.generate import generate_distillation_data, load_distillation_data
-from draftalign.models import offline_target_folder
 from draftalign.sampling import warp
 
 EOS = 2
@@ -43,14 +41,6 @@ KW = dict(max_new_tokens=6, temperature=1.0, top_p=0.95, batch_size=3, seed=11, 
 COLUMNS = {"index", "prompt", "category", "prompt_ids", "response", "response_ids", "finish_reason"}
 # ordinary word tokens that, with EOS, carry almost all of the edited target's mass
 LIKELY = [EOS, 504, 3575, 282, 4649, 314, 7042, 30, 4590, 1296]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    torch.set_num_threads(1)
-    tok = AutoTokenizer.from_pretrained(offline_target_folder())
-    assert tok.eos_token_id == EOS and len(tok) == VOCAB
-    return tok
 
 
 def _concentrate(model, tokens, weight):

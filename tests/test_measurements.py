@@ -9,17 +9,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import AutoTokenizer
 
 from draftalign.evaluate import tau_by_category, tau_table
 from draftalign.metrics import mean_tau
-from draftalign.models import offline_target_folder
 from draftalign.speculative import speculative_generate
 from draftalign.timing import compare_decoders
 
 
-def test_tau_table_rows_are_the_engines_results(tiny_llama):
-    tokenizer = AutoTokenizer.from_pretrained(offline_target_folder())
+def test_tau_table_rows_are_the_engines_results(tiny_llama, tokenizer):
     target = tiny_llama(vocab_size=49152, hidden_size=16, num_layers=2, seed=1, init_std=0.3, eos_token_id=2,
                         max_position_embeddings=256)
     draft = tiny_llama(vocab_size=49152, hidden_size=8, num_layers=1, seed=2, init_std=0.3, eos_token_id=2)

@@ -190,6 +190,31 @@ def test_make_draft_for_the_real_target(real_target):
     check_compatible(model, draft)
 
 
+@pytest.mark.slow
+def test_the_tokenizer_fixture_is_the_targets_tokenizer(real_target, tokenizer):
+    """The ``tokenizer`` fixture (tracked files, no target) gives load_target's ids: special
+    tokens, plain text and chat prompts (default and own system prompt, several turns)."""
+    _, tok = real_target
+    assert len(tokenizer) == len(tok) and tokenizer.get_vocab() == tok.get_vocab()
+    for name in ("bos", "eos", "pad", "unk"):
+        assert getattr(tokenizer, f"{name}_token_id") == getattr(tok, f"{name}_token_id"), name
+    assert tokenizer.all_special_ids == tok.all_special_ids
+    assert tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]) == [1, 2]
+    assert tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]) == [1, 2]
+    text = "Speculative decoding: a draft proposes, the target verifies.\n  def f(x): return x + 1  # ok? ünïcode 😀"
+    assert tokenizer(text)["input_ids"] == tok(text)["input_ids"]
+    chats = [[{"role": "user", "content": "Hello!"}],
+             [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a river."}],
+             [{"role": "user", "content": "Count to three."}, {"role": "assistant", "content": "1, 2, 3."},
+              {"role": "user", "content": "And to five?\nPlease."}]]
+    for chat in chats:
+        for add in (True, False):
+            ours = tokenizer.apply_chat_template(chat, add_generation_prompt=add, return_tensors="pt")["input_ids"]
+            theirs = tok.apply_chat_template(chat, add_generation_prompt=add, return_tensors="pt")["input_ids"]
+            assert torch.equal(ours, theirs), (chat, add)
+            assert tokenizer.decode(ours[0]) == tok.decode(theirs[0])
+
+
 def test_layer_subset_draft_renumbers_the_kept_layers(tiny_llama):
     from draftalign.models import layer_subset_draft
 
@@ -208,6 +233,7 @@ def test_layer_subset_draft_renumbers_the_kept_layers(tiny_llama):
             layer_subset_draft(target, bad)
 
 
+@pytest.mark.slow
 def test_offline_fallback_when_the_hub_cannot_be_reached(monkeypatch):
     """With no hub, the default target comes from the offline copy (the GGUF converted once)
     and says so; another hub id fails with both reasons named."""

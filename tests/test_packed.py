@@ -11,17 +11,10 @@ import lzma
 
 import numpy as np
 import pytest
-from transformers import AutoTokenizer
 
 from draftalign.chat import generation_prefix_ids
-from draftalign.models import offline_target_folder
 from draftalign.packed import is_packed, read_packed_answers, read_pool
 from draftalign.profiles import repo_root
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(offline_target_folder())
 
 
 def write_packed(folder, tokenizer, pool, answers):

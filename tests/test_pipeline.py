@@ -13,10 +13,9 @@ from dataclasses import replace
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from draftalign import pipeline
-from draftalign.models import offline_target_folder
 from draftalign.profiles import get_profile
 from draftalign.subvocab import SubVocabDraft
 
@@ -31,11 +30,6 @@ TINY = dict(draft_hidden=16, draft_layers=1, draft_heads=2, draft_intermediate=3
 def runs(tmp_path, monkeypatch):
     monkeypatch.setenv("DRAFTALIGN_RUNS", str(tmp_path))
     return tmp_path
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(offline_target_folder())
 
 
 @pytest.fixture(scope="module")

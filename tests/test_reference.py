@@ -8,18 +8,17 @@ Tiny random Llamas stand in for the target, except where the real tokenizer is n
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 
 import pytest
 import torch
-from transformers import AutoTokenizer
 
 from draftalign.data import load_prompts
 from draftalign.evaluate import greedy_agreement
 from draftalign.generate import generate_distillation_rows
-from draftalign.models import (_align_special_tokens, init_from_target, offline_target_folder,
-                               projected_embeddings, target_id)
+from draftalign.models import _align_special_tokens, init_from_target, projected_embeddings, target_id
 from draftalign.prompt_pool import (PASSAGE_TASKS, Decontaminator, build_prompt_pool, held_out_prompts,
                                     passage_prompts, word_ngrams)
 from draftalign.reference import _profile_override, answer_ce
@@ -28,11 +27,6 @@ from draftalign.train import Batches, TrainConfig, lm_loss, steps_for_budget, tr
 
 VOCAB = 49152
 LIKELY = [2, 504, 3575, 282, 4649, 314, 7042, 30, 4590, 1296]  # <|im_end|>, "The", " capital", ...
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(offline_target_folder())
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +157,7 @@ def test_target_id_does_not_depend_on_the_cache_folder(tiny_llama):
 
 
 def test_tokenizer_gets_the_models_special_tokens(tokenizer, tiny_llama):
-    tok = AutoTokenizer.from_pretrained(offline_target_folder())
+    tok = copy.deepcopy(tokenizer)  # the session's tokenizer stays as it is
     tok.eos_token = "<|im_start|>"  # what some transformers releases read from the GGUF
     tok.pad_token = None
     model = tiny_llama(vocab_size=VOCAB, hidden_size=8, eos_token_id=2)

@@ -63,6 +63,7 @@ DRAFT_COLORS = {
     "tvd++": "#d62728",  # red
     "finetuned": "#9467bd",  # purple: the reference drafter and its stages
     "smollm2-135m-instruct-drafter": "#9467bd",
+    "reference drafter": "#9467bd",
     "layer-skip": "#8c564b",  # brown
     "target": "#000000",
 }
