@@ -23,14 +23,14 @@ test: setup
 	$(PY) -m pytest
 
 bench: setup
-	$(PY) benchmarks/speculative_vs_autoregressive.py
+	$(PY) -m draftalign.cli bench --bounds --hf --draft data/drafts/smollm2-135m-instruct-drafter --threads 1
 
 # The reference drafter (data/drafts/): every stage, resumable; GPU minutes or CPU hours.
 # Pass STAGES=kd,finetune or BUDGET="--budget kd=600" to run part of it.
 STAGES ?=
 BUDGET ?=
 reference: setup
-	$(PY) -m draftalign.reference $(if $(STAGES),--stages $(STAGES)) $(BUDGET)
+	$(PY) -m draftalign.cli reference $(if $(STAGES),--stages $(STAGES)) $(BUDGET)
 
 clean:
 	rm -rf $(VENV) build book/_build
@@ -43,9 +43,9 @@ $(MATHJAX):
 	cp -r build/npm/node_modules/mathjax/es5/. book/_assets/mathjax/
 
 notebooks: setup
-	$(PY) -m draftalign.book --profile $(PROFILE)
+	$(PY) -m draftalign.cli book --profile $(PROFILE)
 
 html: setup $(MATHJAX)
-	$(PY) -m draftalign.book --no-run --build
+	$(PY) -m draftalign.cli book --no-run --build
 
 book: notebooks html

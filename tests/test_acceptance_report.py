@@ -10,7 +10,6 @@ import torch
 
 from draftalign.evaluate import acceptance_report, answer_acceptance, bootstrap_interval, target_answers
 from draftalign.metrics import expected_target_calls
-from draftalign.speculative import speculative_generate
 
 V = 32
 

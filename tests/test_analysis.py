@@ -1,4 +1,4 @@
-"""Chapter 5's measurements (:mod:`draftalign.analysis`) on tiny random Llama models, each
+"""Chapter 5's measurements (:mod:`draftalign.replay`, :mod:`draftalign.costmodel`, :mod:`draftalign.timing`, :mod:`draftalign.book.chapter5`) on tiny random Llama models, each
 against the engine, a hand computation or a known case: the greedy replay gives the
 engine's blocks exactly; the target as its own draft accepts everything; a cost model
 fitted to exactly linear pass costs recovers them; the break-even contour at zero draft
@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 import torch
 
-from draftalign import analysis
+from draftalign import costmodel, evaluate, replay, timing
+from draftalign.book import chapter5
 from draftalign.metrics import expected_tau, per_position_acceptance, speedup
 from draftalign.speculative import autoregressive_generate, speculative_generate
 
@@ -52,13 +53,13 @@ def _answers(target, n: int = 6, max_new_tokens: int = N_NEW):
 def test_replay_by_hand():
     """agree = T F T T F T T, gamma 2, budget 7: blocks accept 1, 2, 1 of 2, 2, 1 drafted
     (the last block may draft only budget - t - 1 = 1), so tau = 7 / 3."""
-    res = analysis.replay_greedy(list(range(7)), [1, 0, 1, 1, 0, 1, 1], gamma=2, budget=7)
+    res = replay.replay_greedy(list(range(7)), [1, 0, 1, 1, 0, 1, 1], gamma=2, budget=7)
     assert res.accepted == [1, 2, 1] and res.drafted == [2, 2, 1]
     assert res.target_calls == 3 and res.draft_calls == 5 and res.tau == pytest.approx(7 / 3)
     with pytest.raises(ValueError, match="gamma"):
-        analysis.replay_greedy([1, 2], [1, 1], gamma=0)
+        replay.replay_greedy([1, 2], [1, 1], gamma=0)
     with pytest.raises(ValueError, match="flags"):
-        analysis.replay_greedy([1, 2], [1], gamma=1)
+        replay.replay_greedy([1, 2], [1], gamma=1)
 
 
 @pytest.mark.parametrize("gamma", [1, 2, 3, 5])
@@ -68,16 +69,16 @@ def test_replay_equals_engine(pair, gamma):
     target, draft = pair
     answers = _answers(target)
     assert any(len(a["tokens"]) < N_NEW for a in answers), "want some answers stopped at EOS"
-    agree = analysis.agreements(draft, answers)
+    agree = replay.agreements(draft, answers)
     assert 0.3 < np.mean(np.concatenate(agree)) < 0.9  # the draft is right sometimes
     engine = [speculative_generate(target, draft, a["input_ids"], gamma=gamma, max_new_tokens=N_NEW)
               for a in answers]
-    check = analysis.replay_check({0: [a["result"] for a in answers], gamma: engine}, answers, agree)
+    check = replay.replay_check({0: [a["result"] for a in answers], gamma: engine}, answers, agree)
     assert list(check.index) == [gamma]
     row = check.loc[gamma]
     assert row["same tokens"] == row["same blocks"] == row["answers"] == len(answers)
     assert row["tau (engine)"] == pytest.approx(row["tau (replay)"])
-    table = analysis.replay_table(answers, agree, gamma=gamma)
+    table = replay.replay_table(answers, agree, gamma=gamma)
     for res, eng in zip(table.result, engine):
         assert (res.accepted, res.drafted, res.target_calls) == (eng.accepted, eng.drafted, eng.target_calls)
 
@@ -86,7 +87,7 @@ def test_replay_with_a_smaller_budget(pair):
     """Replaying the first 10 tokens of 24-token answers is decoding with max_new_tokens=10."""
     target, draft = pair
     answers = _answers(target)
-    table = analysis.replay_table(answers, analysis.agreements(draft, answers), gamma=3, max_new_tokens=10)
+    table = replay.replay_table(answers, replay.agreements(draft, answers), gamma=3, max_new_tokens=10)
     for a, res in zip(answers, table.result):
         eng = speculative_generate(target, draft, a["input_ids"], gamma=3, max_new_tokens=10)
         assert (res.tokens, res.accepted, res.drafted) == (eng.tokens, eng.accepted, eng.drafted)
@@ -97,49 +98,49 @@ def test_target_as_own_draft(tiny_llama):
     measured tau, E[tau] from alpha and from the positions are all gamma + 1."""
     target = tiny_llama(vocab_size=32, hidden_size=16, seed=2, init_std=0.5, eos_token_id=None)
     answers = _answers(target, n=3)
-    agree = analysis.agreements(target, answers)
+    agree = replay.agreements(target, answers)
     assert all(a.all() for a in agree)
     for gamma in (1, 2, 3, 5):
-        summary, positions = analysis.acceptance_summary(
-            {"self": analysis.replay_table(answers, agree, gamma=gamma)}, gamma=gamma)
+        summary, positions = replay.acceptance_summary(
+            {"self": replay.replay_table(answers, agree, gamma=gamma)}, gamma=gamma)
         assert (positions["self"] == 1).all() and len(positions) == gamma
         assert summary.loc["self"].tolist() == pytest.approx([gamma + 1, 1.0, gamma + 1, gamma + 1])
-    sweep = analysis.gamma_sweep(answers, {"self": agree}, [1, 5], parameters={"self": 10}, n_target=10)
+    sweep = replay.gamma_sweep(answers, {"self": agree}, [1, 5], parameters={"self": 10}, n_target=10)
     assert sweep.tau.tolist() == [2, 6] and sweep.mbsu.tolist() == pytest.approx([1, 1])  # c = 1: no gain
 
 
 def test_acceptance_summary_by_hand():
     """Two blocks at gamma 2 accepting 2 and 0: position 1 accepted 1 of 2, position 2 1 of 1;
     alpha = 2 accepted of 3 reached; E[tau] from positions = 1 + 0.5 + 0.5 * 1 = 2."""
-    res = analysis.replay_greedy([0] * 4, [1, 1, 0, 0], gamma=2, budget=10)
+    res = replay.replay_greedy([0] * 4, [1, 1, 0, 0], gamma=2, budget=10)
     assert res.accepted == [2, 0] and res.drafted == [2, 2]
     table = pd.DataFrame({"result": [res]})
-    summary, positions = analysis.acceptance_summary({"d": table}, gamma=2)
+    summary, positions = replay.acceptance_summary({"d": table}, gamma=2)
     assert positions["d"].tolist() == pytest.approx(per_position_acceptance([res], 2).tolist())
     assert positions["d"].tolist() == pytest.approx([0.5, 1.0])
     assert summary.loc["d", "alpha (pooled)"] == pytest.approx(2 / 3)
     assert summary.loc["d", "E[tau] from per-position acceptance"] == pytest.approx(2.0)
     assert summary.loc["d", "E[tau] from alpha, i.i.d."] == pytest.approx(expected_tau(2 / 3, 2))
     assert summary.loc["d", "tau (measured)"] == pytest.approx(2.0)
-    assert analysis.tau_from_positions([0.5, 0.5]) == pytest.approx(1.75)
-    assert analysis.tau_from_positions([1.0, float("nan")]) == pytest.approx(2.0)
+    assert replay.tau_from_positions([0.5, 0.5]) == pytest.approx(1.75)
+    assert replay.tau_from_positions([1.0, float("nan")]) == pytest.approx(2.0)
 
 
 # ------------------------------------------------------------------ cost model and break-even
 
 def test_cost_model_recovers_linear_costs():
     costs = pd.DataFrame({"k": [1, 2, 4, 8, 9], "ms_median": [40 + 5 * k for k in (1, 2, 4, 8, 9)]})
-    cm = analysis.fit_cost_model(costs)
+    cm = costmodel.fit_cost_model(costs)
     assert (cm.a_ms, cm.b_ms) == pytest.approx((40.0, 5.0))
     assert cm.verify(1) == pytest.approx(1.0) and cm.verify(5) == pytest.approx(65 / 45)
     # the speed-up by hand: tau 2.5 at gamma 4, c = 0.1: 2.5 / (4 * 0.1 + t(5) / t(1))
     assert cm.speedup(2.5, 4, 0.1) == pytest.approx(2.5 / (0.4 + 65 / 45))
     with pytest.raises(ValueError):
-        analysis.fit_cost_model(costs.iloc[:1])
+        costmodel.fit_cost_model(costs.iloc[:1])
 
 
 def test_memory_bound_model_is_the_book_equation():
-    mb = analysis.CostModel.memory_bound()
+    mb = costmodel.CostModel.memory_bound()
     for tau, gamma, c in [(1.0, 1, 0.0), (2.3, 4, 0.0164), (3.0, 6, 0.2)]:
         assert mb.speedup(tau, gamma, c) == pytest.approx(speedup(tau, gamma, c))
     assert mb.best_gamma(0.0, 0.05) == 1  # nothing accepted: every draft is pure cost
@@ -150,28 +151,28 @@ def test_memory_bound_model_is_the_book_equation():
 
 
 def test_break_even():
-    mb = analysis.CostModel.memory_bound()
-    assert analysis.alpha_needed(0.0, 4, mb) == 0.0  # a free draft always pays
+    mb = costmodel.CostModel.memory_bound()
+    assert costmodel.alpha_needed(0.0, 4, mb) == 0.0  # a free draft always pays
     # gamma = 1: E[tau] = 1 + alpha must reach c + t(2) / t(1)
-    assert analysis.alpha_needed(0.3, 1, mb) == pytest.approx(0.3)
-    linear = analysis.CostModel(40.0, 5.0)
-    assert analysis.alpha_needed(0.1, 1, linear) == pytest.approx(0.1 + 50 / 45 - 1)
-    assert analysis.alpha_needed(0.0, 4, linear) > 0  # verifying 5 tokens costs more than 1
-    assert np.isnan(analysis.alpha_needed(1.1, 4, mb))  # a draft dearer than the target never pays
+    assert costmodel.alpha_needed(0.3, 1, mb) == pytest.approx(0.3)
+    linear = costmodel.CostModel(40.0, 5.0)
+    assert costmodel.alpha_needed(0.1, 1, linear) == pytest.approx(0.1 + 50 / 45 - 1)
+    assert costmodel.alpha_needed(0.0, 4, linear) > 0  # verifying 5 tokens costs more than 1
+    assert np.isnan(costmodel.alpha_needed(1.1, 4, mb))  # a draft dearer than the target never pays
     # the grid crosses 1 exactly at alpha_needed
     alphas, cs = np.linspace(0, 0.99, 5), np.array([0.0, 0.05, 0.2])
-    grid = analysis.speedup_grid(alphas, cs, 4, linear)
+    grid = costmodel.speedup_grid(alphas, cs, 4, linear)
     assert grid.shape == (3, 5)
     assert grid[1, 2] == pytest.approx(linear.speedup(expected_tau(alphas[2], 4), 4, 0.05))
     for c in cs:
-        a = analysis.alpha_needed(c, 4, linear)
-        assert analysis.speedup_grid([a], [c], 4, linear)[0, 0] == pytest.approx(1.0, abs=1e-9)
-        assert analysis.alpha_needed(c, 4, linear, speedup=1.5) > a
+        a = costmodel.alpha_needed(c, 4, linear)
+        assert costmodel.speedup_grid([a], [c], 4, linear)[0, 0] == pytest.approx(1.0, abs=1e-9)
+        assert costmodel.alpha_needed(c, 4, linear, speedup=1.5) > a
 
 
 def test_step_ms_and_pass_cost_fit(pair):
     target, draft = pair
-    assert analysis.step_ms(draft, prefix_len=8, repeats=2) > 0
+    assert costmodel.step_ms(draft, prefix_len=8, repeats=2) > 0
 
 
 # ------------------------------------------------------------------ decoding measurements
@@ -185,7 +186,7 @@ def test_greedy_answers(pair):
             return torch.tensor([[1, 4 + n % 20, 7]])
 
     prompts = [{"id": "a", "category": "x", "prompt": "hello"}, {"id": "b", "category": "y", "prompt": "hi"}]
-    answers = analysis.greedy_answers(target, Tok(), prompts, max_new_tokens=10)
+    answers = replay.greedy_answers(target, Tok(), prompts, max_new_tokens=10)
     assert [a["id"] for a in answers] == ["a", "b"] and answers[1]["budget"] == 10
     plain = autoregressive_generate(target, torch.tensor([[1, 9, 7]]), max_new_tokens=10)
     assert answers[0]["tokens"] == plain.tokens
@@ -194,11 +195,11 @@ def test_greedy_answers(pair):
 def test_wall_clock_by_gamma(pair):
     target, draft = pair
     answers = _answers(target, n=2, max_new_tokens=12)
-    table, results = analysis.wall_clock_by_gamma(target, draft, [a["input_ids"] for a in answers], [1, 3],
+    table, results = timing.wall_clock_by_gamma(target, draft, [a["input_ids"] for a in answers], [1, 3],
                                                   max_new_tokens=12, rounds=1)
     assert table.gamma.tolist() == [0, 1, 3] and set(results) == {0, 1, 3}
     assert table.loc["plain", "speed-up"] == pytest.approx(1.0)
-    check = analysis.replay_check(results, answers, analysis.agreements(draft, answers))
+    check = replay.replay_check(results, answers, replay.agreements(draft, answers))
     assert (check["same tokens"] == 2).all() and (check["same blocks"] == 2).all()
 
 
@@ -207,7 +208,7 @@ def test_tau_per_temperature(tiny_llama):
     target = tiny_llama(vocab_size=32, hidden_size=16, seed=3, init_std=0.5, eos_token_id=None)
     other = tiny_llama(vocab_size=32, hidden_size=16, seed=4, init_std=0.5, eos_token_id=None)
     prompts = [torch.tensor([[1, 5, 9]]), torch.tensor([[1, 6, 2]])]
-    out = analysis.tau_per_temperature(target, {"self": target, "other": other}, prompts,
+    out = evaluate.tau_per_temperature(target, {"self": target, "other": other}, prompts,
                                        temperatures=[0.0, 1.0], gamma=3, max_new_tokens=N_NEW)
     assert len(out) == 4
     own = out[out.draft == "self"]
@@ -221,10 +222,10 @@ def test_against_transformers(pair):
     target, draft = pair
     prompts = [a["input_ids"] for a in _answers(target, n=2, max_new_tokens=12)]
     own = draft.generation_config
-    table, results = analysis.against_transformers(target, draft, prompts, gamma=3, max_new_tokens=12,
+    table, results = timing.against_transformers(target, draft, prompts, gamma=3, max_new_tokens=12,
                                                    rounds=1, pad_token_id=0)
     assert not target._forward_hooks and draft.generation_config is own
-    agreement = analysis.output_agreement(results)
+    agreement = timing.output_agreement(results)
     assert (agreement["same tokens as plain"] == "2 of 2").all()
     assert (table.target_calls <= table.loc["plain", "target_calls"]).all()
     assert table.loc["transformers, gamma=3", "tau"] > 1  # the draft is right sometimes
@@ -232,19 +233,19 @@ def test_against_transformers(pair):
 
 def test_output_agreement_by_hand():
     r = lambda toks: type("R", (), {"tokens": toks})()  # noqa: E731
-    out = analysis.output_agreement({"plain": [r([1, 2, 3]), r([4, 5])], "x": [r([1, 9, 3]), r([4, 5])]})
+    out = timing.output_agreement({"plain": [r([1, 2, 3]), r([4, 5])], "x": [r([1, 9, 3]), r([4, 5])]})
     assert out.loc["x"].tolist() == ["1 of 2", "1"] and out.loc["plain"].tolist() == ["2 of 2", "-"]
 
 
 # ------------------------------------------------------------------ drafts and the paper
 
 def test_shipped_draft_folders(tmp_path):
-    assert analysis.shipped_draft_folders(tmp_path) == []
+    assert chapter5.shipped_draft_folders(tmp_path) == []
     for name, has_config in [("b-draft", True), ("a-draft", True), ("empty", False)]:
         (tmp_path / "data" / "drafts" / name).mkdir(parents=True)
         if has_config:
             (tmp_path / "data" / "drafts" / name / "config.json").write_text("{}")
-    assert [f.name for f in analysis.shipped_draft_folders(tmp_path)] == ["a-draft", "b-draft"]
+    assert [f.name for f in chapter5.shipped_draft_folders(tmp_path)] == ["a-draft", "b-draft"]
 
 
 def test_full_vocabulary_draft(tmp_path, tiny_llama):
@@ -254,13 +255,13 @@ def test_full_vocabulary_draft(tmp_path, tiny_llama):
     plain = tiny_llama(vocab_size=32, hidden_size=16, seed=5)
     plain.save_pretrained(tmp_path / "plain")
     sub_vocab_draft(plain, torch.arange(0, 32, 2)).save_pretrained(tmp_path / "sub")
-    assert analysis.full_vocabulary_draft(tmp_path / "plain", target) is not None
-    assert analysis.full_vocabulary_draft(tmp_path / "sub", target) is None
+    assert chapter5.full_vocabulary_draft(tmp_path / "plain", target) is not None
+    assert chapter5.full_vocabulary_draft(tmp_path / "sub", target) is None
 
 
 def test_paper_table():
     book = pd.DataFrame({"size ratio": [0.05], "tau": [1.4]}, index=["fkl"])
-    table = analysis.paper_table(book)
+    table = chapter5.paper_table(book)
     first = table.iloc[0]
     assert (first["size ratio"], first["tau"], first["speed-up (reported)"]) == (0.0164, 2.3, 2.4)
     assert table.index[1] == "fkl"

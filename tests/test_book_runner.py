@@ -11,8 +11,8 @@ import pytest
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "tools"))
 from nbtool import write_notebook  # noqa: E402
 
-from draftalign.book import notebooks, run_notebooks  # noqa: E402
-from draftalign.profiles import get_profile, runs_dir  # noqa: E402
+from draftalign.book.runner import notebooks, run_notebooks  # noqa: E402
+from draftalign.book.profiles import get_profile, runs_dir  # noqa: E402
 
 
 def _project(tmp_path, cells_by_name):
@@ -66,7 +66,7 @@ def test_runs_dir_follows_profile(monkeypatch, tmp_path):
 def test_tidy_executed_drops_progress_bars_and_collapses_setup(tmp_path):
     import nbformat
 
-    from draftalign.book import tidy_executed
+    from draftalign.book.runner import tidy_executed
 
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell('PROFILE = "cpu"', metadata={"tags": ["parameters"]})
@@ -80,7 +80,7 @@ def test_tidy_executed_drops_progress_bars_and_collapses_setup(tmp_path):
         nbformat.v4.new_output("stream", name="stderr", text=bars),
         nbformat.v4.new_output("stream", name="stdout", text="tau = 1.93 (tok/s 17.7)\n"),
         nbformat.v4.new_output("stream", name="stderr", text="\rx: 100%|##| 2/2 [00:01<00:00, 1.9it/s]\n")])
-    setup = nbformat.v4.new_code_cell("from draftalign.notebook import setup\nP = setup(PROFILE)")
+    setup = nbformat.v4.new_code_cell("from draftalign.book.notebook import setup\nP = setup(PROFILE)")
     nb.cells = [params, injected, install, work, setup]
     path = tmp_path / "ch.ipynb"
     nbformat.write(nb, str(path))

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import draftalign.cached_losses as cl
-from draftalign.cached_losses import CACHED_LOSSES, cached_loss
+from draftalign.cached_losses import cached_loss, CACHED_LOSSES
 from draftalign.distill import expand_topk
-from draftalign.losses import get_loss, reference_tvd
+from draftalign.losses import get_loss, textbook_tvd
 
 
 def _case(n=23, V=300, k=8, seed=0, spread=2.0):
@@ -54,7 +54,7 @@ def test_values_and_gradients_equal_the_expanded_target(name, options, seed):
     torch.testing.assert_close(value, ref_value, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-7)
     tvd_rows = cached_loss(name, d, ids, lp, **options)[1]
-    torch.testing.assert_close(tvd_rows, reference_tvd(d, full), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(tvd_rows, textbook_tvd(d, full), rtol=1e-5, atol=1e-6)
     assert not tvd_rows.requires_grad
 
 

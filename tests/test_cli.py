@@ -123,7 +123,8 @@ def test_the_whole_path_for_a_qwen2_target(qwen_target, prompt_file, tmp_path, c
                      "--json", str(tmp_path / "bench.json")]) == 0
     record = json.loads((tmp_path / "bench.json").read_text())
     methods = [r["method"] for r in record["table"]]
-    assert methods == ["plain", "gamma=1", "gamma=2", "hf assisted gamma=1", "hf assisted dynamic"]
+    assert methods == ["plain", "transformers, plain", "gamma=1", "gamma=2", "transformers, gamma=1",
+                       "transformers, dynamic"]
 
 
 def test_check_reports_an_incompatible_draft(qwen_target, tmp_path, capsys, tiny_llama):
@@ -135,14 +136,19 @@ def test_check_reports_an_incompatible_draft(qwen_target, tmp_path, capsys, tiny
 
 
 @pytest.mark.parametrize("argv,flag", [
-    (["benchmarks/distill_recipe.py", "--loss", "bogus"], "--loss"),
-    (["benchmarks/distill_recipe.py", "--draft", "nonsense"], "--draft"),
+    (["-m", "draftalign.cli", "recipe", "--loss", "bogus"], "--loss"),
+    (["-m", "draftalign.cli", "recipe", "--draft", "nonsense"], "--draft"),
     (["-m", "draftalign.generate", "--out", "x", "--samples", "0"], "--samples"),
-    (["benchmarks/speculative_vs_autoregressive.py", "--gamma", "0"], "--gamma"),
-    (["benchmarks/speculative_vs_autoregressive.py", "--draft", "/nonexistent"], "--draft"),
+    (["-m", "draftalign.cli", "bench", "--gammas", "0"], "--gammas"),
+    (["-m", "draftalign.cli", "bench", "--draft", "/nonexistent"], "--draft"),
+    (["-m", "draftalign.reference", "--stages", "bogus"], "--stages"),
+    (["-m", "draftalign.reference", "--budget", "kd=-3"], "--budget"),
+    (["-m", "draftalign.cli", "study", "--seeds", "x"], "--seeds"),
+    (["-m", "draftalign.book", "--profile", "nope"], "--profile"),
 ])
 def test_scripts_check_their_arguments_first(argv, flag):
-    """The older entry points fail on a bad flag within seconds, naming it (before any model loads)."""
+    """Every entry point (the command, its aliases, the book's subcommands) fails on a bad flag
+    within seconds, naming it (before any model loads)."""
     import subprocess
     import sys
     import time

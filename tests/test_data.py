@@ -12,7 +12,7 @@ import torch
 
 import draftalign.data as data_mod
 import draftalign.models as models_mod
-from draftalign.artifacts import MANIFEST, is_complete, read_manifest, write_manifest
+from draftalign.artifacts import is_complete, MANIFEST, read_manifest, write_manifest
 from draftalign.corpus import pretraining_texts, texts_digest
 from draftalign.data import CATEGORIES, load_hub_prompts, load_prompts, pack_blocks, stdlib_docstrings, web_texts
 
@@ -25,7 +25,7 @@ TEXTS = ["Hello world.", "The quick brown fox jumps over the lazy dog.", "Short 
 
 @pytest.fixture(autouse=True)
 def _in_repo(monkeypatch):
-    """load_prompts finds data/prompts/ from the working directory."""
+    """The tests run from the project folder."""
     monkeypatch.chdir(ROOT)
 
 
@@ -149,15 +149,26 @@ def test_load_prompts_errors():
 
 
 def test_load_prompts_outside_the_project(monkeypatch, tmp_path):
-    """From another working directory (a notebook kernel restarted in /content) the
-    prompts are found through the package's own source tree; an installed package with no
-    project around it gets an error naming the folder."""
-    import draftalign.profiles as profiles_mod
+    """The prompt sets are package data: a wheel of the package, installed outside any
+    checkout, loads them from a folder that is not the project; a package installed without
+    them gets an error that says so."""
+    import subprocess
+    import sys
+    import zipfile
 
-    monkeypatch.chdir(tmp_path)
-    assert len(load_prompts("eval")) == 72
-    monkeypatch.setattr(profiles_mod, "__file__", str(tmp_path / "site-packages" / "draftalign" / "profiles.py"))
-    with pytest.raises(FileNotFoundError, match="data/prompts"):
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(wheels), str(ROOT)], check=True, capture_output=True, timeout=300)
+    site = tmp_path / "site"
+    zipfile.ZipFile(next(wheels.glob("draftalign-*.whl"))).extractall(site)
+    code = ("import draftalign.data as d; print(len(d.load_prompts('eval')), len(d.load_prompts('mt_bench')), "
+            "d.prompts_dir())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env={"PATH": "", "PYTHONPATH": str(site), "PYTHONNOUSERSITE": "1"})
+    count_eval, count_mt, folder = out.stdout.split()
+    assert (count_eval, count_mt) == ("72", "80") and folder.startswith(str(site)), out.stderr[-400:]
+    monkeypatch.setattr(data_mod, "prompts_dir", lambda: tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="reinstall"):
         load_prompts("eval")
 
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from draftalign.distill import distill, gradient_variance, kd_loss_fn, logit_gradient, sub_vocab_ceilings
+from draftalign.distill import distill, kd_loss_fn
+from draftalign.distill_measures import gradient_variance, logit_gradient, sub_vocab_ceilings
 from draftalign.distill import distill_examples
-from draftalign.generate import generate_distillation_data
+from draftalign.answers import generate_distillation_data
 from draftalign.losses import tvd, tvdpp
 from draftalign.speculative import autoregressive_generate, speculative_generate
 from draftalign.timing import compare_decoders, pass_cost
-from draftalign.train import Batches, TrainConfig, lm_loss, train
+from draftalign.train import Batches, lm_loss, train, TrainConfig
 
 V = 32
 ROWS = [{"prompt_ids": [1, 5, 6], "response_ids": [7, 8, 9, 10]},

@@ -17,7 +17,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from draftalign.export import SUB_VOCAB_CARD_NOTE, export_draft, full_vocab_model, model_card
+from draftalign.export import export_draft, full_vocab_model, model_card, SUB_VOCAB_CARD_NOTE
 from draftalign.speculative import autoregressive_generate, speculative_generate
 from draftalign.subvocab import sub_vocab_draft
 

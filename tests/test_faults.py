@@ -21,10 +21,11 @@ import pytest
 import torch
 
 from draftalign.artifacts import CorruptFile, SettingsMismatch
-from draftalign.generate import generate_distillation_rows, load_distillation_data, read_distillation_rows
+from draftalign.answers import generate_distillation_rows, load_distillation_data, read_distillation_rows
 from draftalign.models import load_target
-from draftalign.subvocab import SUB_VOCAB_FILE, load_draft, sub_vocab_draft
-from draftalign.train import Batches, TrainConfig, train
+from draftalign.subvocab import sub_vocab_draft, SUB_VOCAB_FILE
+from draftalign.drafts import load_draft
+from draftalign.train import Batches, train, TrainConfig
 
 PROMPTS = ["Hi there", "Name a colour.", "Count to three.", "Say yes.", "What is two plus two?"]
 KW = dict(max_new_tokens=4, temperature=0.0, top_p=1.0, batch_size=2, seed=0, progress=False)

@@ -22,7 +22,7 @@ import torch
 
 from draftalign.chat import generation_prefix_ids
 from draftalign.data import CATEGORIES
-from draftalign.generate import generate_distillation_data, load_distillation_data
+from draftalign.answers import generate_distillation_data, load_distillation_data
 from draftalign.sampling import warp
 
 EOS = 2
@@ -282,7 +282,7 @@ def test_sampling_follows_temperature_and_top_p_only(tiny_llama, tokenizer, tmp_
 def test_cached_topk_is_aligned_with_answer_tokens_under_left_padding(tiny_llama, tokenizer, tmp_path):
     """The top-k kept while answering a left-padded batch is, at every answer token, the
     target's own top-k given that prompt and the answer so far (teacher forcing, alone)."""
-    from draftalign.generate import load_topk
+    from draftalign.answers import load_topk
 
     model = tiny_llama(vocab_size=VOCAB, hidden_size=16, num_layers=1, num_heads=2, eos_token_id=EOS,
                        max_position_embeddings=128, seed=4, init_std=0.5)

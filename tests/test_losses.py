@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 import draftalign.losses as L
-from draftalign.losses import (LOSSES, fkl, get_loss, jsd, reference_fkl, reference_rkl, reference_tvd,
-                               rkl, tvd, tvdpp)
+from draftalign.losses import (LOSSES, fkl, get_loss, jsd, rkl, textbook_fkl, textbook_rkl, textbook_tvd, tvd,
+                               tvdpp)
 
 ALL = sorted(LOSSES)
 ESTIMATORS = ["exact", "sampled", "data"]
@@ -55,13 +55,13 @@ def _options(name: str) -> dict:
 
 def _grad(fn, d, t, mask=None, weights=None, **options):
     """``(value, d/d draft of sum(weights * value))`` for fresh leaf copies of ``d`` and ``t``;
-    the target's copy must get no gradient (except through the textbook ``reference_*``)."""
+    the target's copy must get no gradient (except through the ``textbook_*`` versions)."""
     d = d.clone().requires_grad_(True)
     t = t.clone().requires_grad_(True)
     out = fn(d, t, mask, **options)
     w = torch.ones_like(out) if weights is None else weights
     (out * w).sum().backward()
-    if not fn.__name__.startswith("reference_"):
+    if not fn.__name__.startswith("textbook_"):
         assert t.grad is None
     return out.detach(), d.grad
 
@@ -212,7 +212,7 @@ def test_tvd_is_one_for_disjoint_supports():
     d[0, 0, :4], t[0, 0, 4:] = 60.0, 60.0  # q on the first half, p on the second
     d[0, 1, 0], t[0, 1, 7] = 60.0, 60.0  # point masses on different tokens
     torch.testing.assert_close(tvd(d, t), torch.ones(1, 2), rtol=0, atol=1e-6)
-    torch.testing.assert_close(reference_tvd(d, t), torch.ones(1, 2), rtol=0, atol=1e-6)
+    torch.testing.assert_close(textbook_tvd(d, t), torch.ones(1, 2), rtol=0, atol=1e-6)
 
 
 def test_fkl_is_cross_entropy_minus_entropy():
@@ -321,7 +321,7 @@ def test_tvd_gradient_closed_form():
     _, g = _grad(tvd, d, t, weights=w)
     torch.testing.assert_close(g.double(), want * w[..., None], rtol=1e-5, atol=1e-7)
     # and the autograd of the textbook formula agrees
-    _, g_ref = _grad(reference_tvd, d, t, weights=w)
+    _, g_ref = _grad(textbook_tvd, d, t, weights=w)
     torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-7)
 
 
@@ -332,7 +332,7 @@ def test_tvd_gradient_closed_form():
 @pytest.mark.parametrize("name", ["fkl", "rkl", "tvd"])
 def test_chunked_equals_reference(monkeypatch, name, use_mask):
     monkeypatch.setattr(L, "CHUNK", 3)
-    fn, ref = getattr(L, name), getattr(L, f"reference_{name}")
+    fn, ref = getattr(L, name), getattr(L, f"textbook_{name}")
     d, t = _pair(B=3, T=5, V=9, seed=21, scale=2.0)  # 15 positions: 5 chunks
     mask = _mask(B=3, T=5, seed=21) if use_mask else None
     if use_mask:

@@ -9,10 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from draftalign.metrics import (acceptance_rate, cost_ratio_from_params, expected_tau, mbsu,
-                                mean_tau, per_position_acceptance, simulate_blocks, simulate_tau,
-                                speedup, tvd_probs)
-from draftalign.models import make_draft
+from draftalign.metrics import acceptance_rate, cost_ratio_from_params, expected_tau, mbsu, mean_tau, per_position_acceptance, simulate_blocks, simulate_tau, speedup, tvd_probs
+from draftalign.drafts import make_draft
 from draftalign.speculative import GenerationResult, speculative_generate
 
 

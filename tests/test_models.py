@@ -7,7 +7,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from draftalign.models import check_compatible, count_parameters, make_draft, size_ratio
+from draftalign.models import check_compatible, count_parameters, size_ratio
+from draftalign.drafts import make_draft
 
 
 def _llama_params(vocab, hidden, layers, inter, heads, kv_heads, tied):
@@ -216,7 +217,7 @@ def test_the_tokenizer_fixture_is_the_targets_tokenizer(real_target, tokenizer):
 
 
 def test_layer_subset_draft_renumbers_the_kept_layers(tiny_llama):
-    from draftalign.models import layer_subset_draft
+    from draftalign.drafts import layer_subset_draft
 
     target = tiny_llama(vocab_size=24, hidden_size=16, num_layers=4, num_heads=2, seed=5, init_std=0.3)
     draft = layer_subset_draft(target, [0, 2])

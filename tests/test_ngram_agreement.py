@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from draftalign.evaluate import ngram_agreement
+from draftalign.ngram import ngram_agreement
 
 
 def _rows(rule, n_rows=30, length=12, seed=0, vocab=8):

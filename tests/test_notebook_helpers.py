@@ -1,5 +1,5 @@
 """What the chapters call instead of defining it themselves: the setup cell
-(:mod:`draftalign.notebook`), Chapter 4's gradient-variance harness and sub-vocabulary
+(:mod:`draftalign.book.notebook`), Chapter 4's gradient-variance harness and sub-vocabulary
 ceilings (:mod:`draftalign.distill`), its timing helpers (:mod:`draftalign.timing`) and the
 n-gram labels from the cached top-k (:mod:`draftalign.evaluate`). Chapter 1's
 ``simulate_tau`` and ``tvd_probs`` are tested with the other metrics (``test_metrics.py``).
@@ -18,11 +18,11 @@ import torch
 import transformers
 
 from draftalign import timing
-from draftalign.distill import gradient_variance, logit_gradient, sub_vocab_ceilings
-from draftalign.evaluate import ngram_agreement, topk_labelled
+from draftalign.distill_measures import gradient_variance, logit_gradient, sub_vocab_ceilings
+from draftalign.ngram import ngram_agreement, topk_labelled
 from draftalign.losses import fkl, tvd, tvdpp
-from draftalign.notebook import setup, versions_table
-from draftalign.profiles import OVERRIDES_ENV, get_profile, overrides_from_env, runs_dir
+from draftalign.book.notebook import setup, versions_table
+from draftalign.book.profiles import get_profile, OVERRIDES_ENV, overrides_from_env, runs_dir
 
 V = 12
 
@@ -269,7 +269,7 @@ def test_topk_labelled_takes_the_most_likely_cached_token():
 
 
 def test_one_colour_per_loss_everywhere():
-    from draftalign.display import DRAFT_COLORS, draft_color, draft_colors
+    from draftalign.book.display import draft_color, DRAFT_COLORS, draft_colors
 
     losses = ["pretrained", "fkl", "rkl", "tvd", "tvd++"]
     assert len({draft_color(n) for n in losses}) == len(losses)

@@ -22,8 +22,8 @@ import nbformat
 import pytest
 import yaml
 
-from draftalign.book import notebooks, run_notebooks, source_digest
-from draftalign.profiles import OVERRIDES_ENV, PROFILES, Profile, profile_for_run
+from draftalign.book.runner import notebooks, run_notebooks, source_digest
+from draftalign.book.profiles import OVERRIDES_ENV, Profile, profile_for_run, PROFILES
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = notebooks(ROOT)
@@ -79,7 +79,7 @@ def _setup_call(source: str) -> ast.Call | None:
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_setup_cell(path):
-    """Every chapter starts with ``P = setup(PROFILE, ...)`` from :mod:`draftalign.notebook`
+    """Every chapter starts with ``P = setup(PROFILE, ...)`` from :mod:`draftalign.book.notebook`
     (seed, progress bars, pandas precision, the versions table), in the cell that imports
     it, before any other cell reads ``P``; nothing redefines ``setup``, and the setup cell
     does not repeat by hand what it does."""
@@ -90,9 +90,9 @@ def test_setup_cell(path):
     i, call = calls[0]
     assert call.args and isinstance(call.args[0], ast.Name) and call.args[0].id == "PROFILE", \
         f"{path.name}: setup must be called with the PROFILE parameter"
-    imports = [n for n in ast.parse(code[i]).body if isinstance(n, ast.ImportFrom) and n.module == "draftalign.notebook"]
+    imports = [n for n in ast.parse(code[i]).body if isinstance(n, ast.ImportFrom) and n.module == "draftalign.book.notebook"]
     assert any(a.name == "setup" for n in imports for a in n.names), \
-        f"{path.name}: the setup cell must import setup from draftalign.notebook"
+        f"{path.name}: the setup cell must import setup from draftalign.book.notebook"
     early = [j for j, s in enumerate(code[:i]) if "P." in s or "P =" in s]
     assert not early, f"{path.name}: code cells {early} use P before setup(PROFILE)"
     for j, s in enumerate(code):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from draftalign.artifacts import SettingsMismatch
-from draftalign.generate import compute_topk
-from draftalign.onpolicy import OnPolicyBatches, distill_on_policy, sample_answers
+from draftalign.answers import compute_topk
+from draftalign.onpolicy import distill_on_policy, OnPolicyBatches, sample_answers
 from draftalign.speculative import autoregressive_generate
 from draftalign.train import TrainConfig
 

@@ -14,7 +14,7 @@ import pytest
 
 from draftalign.chat import generation_prefix_ids
 from draftalign.packed import is_packed, read_packed_answers, read_pool
-from draftalign.profiles import repo_root
+from draftalign.book.profiles import repo_root
 
 
 def write_packed(folder, tokenizer, pool, answers):

@@ -1,4 +1,4 @@
-"""The book's pipeline stages (:mod:`draftalign.pipeline`): an artifact is reused when its
+"""The book's pipeline stages (:mod:`draftalign.book.pipeline`): an artifact is reused when its
 spec matches, rebuilt when it differs, resumed when interrupted, restarted when its partial
 work has other settings; a distilled draft is left as a standard folder over the target's
 vocabulary (its training form inside, under ``_training``).
@@ -15,8 +15,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from draftalign import pipeline
-from draftalign.profiles import get_profile
+from draftalign.book import pipeline, stages
+from draftalign.book.profiles import get_profile
+from draftalign.data import held_out_split
 from draftalign.subvocab import SubVocabDraft
 
 TINY = dict(draft_hidden=16, draft_layers=1, draft_heads=2, draft_intermediate=32, pretrain_texts=40,
@@ -42,8 +43,7 @@ def target(tiny_llama):
 def _no_training(monkeypatch):
     def refuse(*_, **__):
         raise AssertionError("a finished artifact was rebuilt")
-    monkeypatch.setattr(pipeline, "train", refuse)
-    monkeypatch.setattr(pipeline, "distill", refuse)
+    monkeypatch.setattr(stages, "train", refuse)  # every training stage trains through the stage helper
     monkeypatch.setattr(pipeline, "generate_distillation_data", refuse)
 
 
@@ -73,7 +73,7 @@ def test_a_checkpoint_of_other_settings_is_restarted(target, tokenizer, runs):
 
     draft = pipeline.make_profile_draft(target, other)
     blocks = torch.randint(0, 100, (6, 32))
-    train(draft, Batches({"input_ids": blocks}), pipeline.pretrain_config(other), runs / "ci" / "draft-pretrained",
+    train(draft, Batches({"input_ids": blocks}), pipeline.pretrain_config(other)(other.pretrain_steps), runs / "ci" / "draft-pretrained",
           progress=False, stop_after=1)  # an interrupted run of other settings
     _, history, manifest = pipeline.pretrained_draft(target, tokenizer, P, progress=False)
     assert len(history) == 2 and manifest["spec"]["train"]["lr"] == P.pretrain_lr
@@ -116,19 +116,19 @@ def test_distilled_sub_vocabulary_draft_is_left_as_a_full_vocabulary_folder(targ
 def test_held_out_split_is_by_prompt_and_covers_every_category():
     rows = [{"prompt": f"{cat} question {i}", "category": cat, "sample": s}
             for cat in ("math", "code", "open_qa") for i in range(30) for s in range(2)]
-    train, held = pipeline.held_out_split(rows)
+    train, held = held_out_split(rows)
     held_prompts = {r["prompt"] for r in held}
     assert not held_prompts & {r["prompt"] for r in train}  # no prompt on both sides
     assert len(held) == 2 * len(held_prompts)  # both samples of a held-out prompt
     assert {r["category"] for r in held} == {"math", "code", "open_qa"}
     assert len(held_prompts) == 3 * round(0.05 * 30)
-    assert pipeline.held_out_split(list(reversed(rows)))[1] != []  # stable: a hash, not the order
-    assert {r["prompt"] for r in pipeline.held_out_split(list(reversed(rows)))[1]} == held_prompts
+    assert held_out_split(list(reversed(rows)))[1] != []  # stable: a hash, not the order
+    assert {r["prompt"] for r in held_out_split(list(reversed(rows)))[1]} == held_prompts
     one_each = [r for r in rows if r["prompt"].endswith(" 0")]  # one prompt per category
-    train, held = pipeline.held_out_split(one_each)
+    train, held = held_out_split(one_each)
     assert len({r["prompt"] for r in held}) == 1 and train
     with pytest.raises(ValueError, match="too few prompts"):
-        pipeline.held_out_split(rows[:2])
+        held_out_split(rows[:2])
 
 
 def test_shipped_pretrained_draft_is_copied_reused_and_never_destroys_a_trained_one(target, tokenizer, runs,

@@ -15,13 +15,15 @@ import time
 import pytest
 import torch
 
+from draftalign.answers import generate_distillation_rows
+from draftalign.book.profiles import parse_override
 from draftalign.data import load_prompts
-from draftalign.evaluate import greedy_agreement
-from draftalign.generate import generate_distillation_rows
-from draftalign.models import _align_special_tokens, init_from_target, projected_embeddings, target_id
+from draftalign.distill import answer_ce
+from draftalign.drafts import init_from_target, projected_embeddings
+from draftalign.models import _align_special_tokens, target_id
 from draftalign.prompt_pool import (PASSAGE_TASKS, Decontaminator, build_prompt_pool, held_out_prompts,
                                     passage_prompts, word_ngrams)
-from draftalign.reference import _profile_override, answer_ce
+from draftalign.replay import greedy_agreement
 from draftalign.speculative import autoregressive_generate
 from draftalign.train import Batches, TrainConfig, lm_loss, steps_for_budget, train
 
@@ -212,15 +214,15 @@ def test_generation_past_its_deadline_answers_nothing_then_finishes(talker, toke
 # -- the reference run's own pieces ----------------------------------------------------
 
 def test_profile_overrides_take_the_fields_types():
-    assert _profile_override("kd_batch=4") == {"kd_batch": 4}
-    assert _profile_override("kd_lr=5e-4") == {"kd_lr": 5e-4}
-    assert _profile_override("ref_gammas=1,3") == {"ref_gammas": (1, 3)}
-    assert _profile_override("kd_losses=fkl") == {"kd_losses": ("fkl",)}
-    assert _profile_override("ref_kd_shards=none") == {"ref_kd_shards": None}
-    assert _profile_override("pretrain_texts=50") == {"pretrain_texts": 50}
+    assert parse_override("kd_batch=4") == {"kd_batch": 4}
+    assert parse_override("kd_lr=5e-4") == {"kd_lr": 5e-4}
+    assert parse_override("ref_gammas=1,3") == {"ref_gammas": (1, 3)}
+    assert parse_override("kd_losses=fkl") == {"kd_losses": ("fkl",)}
+    assert parse_override("ref_kd_shards=none") == {"ref_kd_shards": None}
+    assert parse_override("pretrain_texts=50") == {"pretrain_texts": 50}
     for bad in ("kd_batch", "nonsense=1", "kd_batch=four", "name=x"):
         with pytest.raises(ValueError):
-            _profile_override(bad)
+            parse_override(bad)
 
 
 def test_answer_ce_is_cross_entropy_on_answer_tokens_only(tiny_llama):

@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from draftalign import display, schematics  # noqa: E402
+from draftalign.book import display, schematics  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

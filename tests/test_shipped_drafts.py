@@ -14,7 +14,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 from draftalign.models import count_parameters
-from draftalign.profiles import get_profile, repo_root
+from draftalign.book.profiles import get_profile, repo_root
 from draftalign.speculative import autoregressive_generate, speculative_generate
 
 DRAFTS = repo_root() / "data" / "drafts"

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from draftalign.models import make_draft
+from draftalign.drafts import make_draft
 from draftalign.speculative import autoregressive_generate, speculative_generate
 
 N_NEW = 24  # a multiple of gamma + 1 for gamma = 1, 2, 3, 5

@@ -22,7 +22,8 @@ from draftalign.losses import get_loss
 from draftalign.models import check_compatible, vocab_size
 from draftalign.sampling import warp
 from draftalign.speculative import autoregressive_generate, speculative_generate
-from draftalign.subvocab import SubVocabDraft, load_draft, sub_vocab_draft, sub_vocabulary
+from draftalign.subvocab import sub_vocab_draft, sub_vocabulary, SubVocabDraft
+from draftalign.drafts import load_draft
 from draftalign.train import Batches, TrainConfig
 
 V = 32

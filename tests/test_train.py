@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from draftalign.train import Batches, TrainConfig, history_of, lm_loss, lr_at, train
+from draftalign.train import Batches, history_of, lm_loss, lr_at, train, TrainConfig
 
 VOCAB = 32
 CFG = TrainConfig(max_steps=6, batch_size=4, grad_accum=2, lr=1e-2, warmup_steps=2, eval_every=3,

@@ -42,7 +42,7 @@ fi
 if [ "${CHECK:-0}" = 1 ]; then  # the first call: do the carried packages import with the machine's own?
   $PY -c "import datasets, papermill, ipykernel, nbformat, gguf, pyarrow, huggingface_hub as h, fsspec
 print('datasets', datasets.__version__, 'pyarrow', pyarrow.__version__, 'hub', h.__version__, 'fsspec', fsspec.__version__)
-import draftalign.pipeline, draftalign.book; print('draftalign imports')" >> "$OUT/gpu.txt" 2>&1
+import draftalign.book.pipeline, draftalign.book.runner; print('draftalign imports')" >> "$OUT/gpu.txt" 2>&1
   status=$?; cat "$OUT/gpu.txt"; exit $status
 fi
 stamp "setup done (profile $PROFILE, chapters $CHAPTERS, overrides ${DRAFTALIGN_PROFILE_OVERRIDES:-none})"
@@ -55,7 +55,7 @@ for ch in $CHAPTERS; do
   timeout "$DEADLINE" $PY - "$PROFILE" "$ch" "$OUT" >> "$OUT/run.log" 2>&1 <<'EOF'
 import json, sys, time
 from pathlib import Path
-from draftalign.book import run_notebooks
+from draftalign.book.runner import run_notebooks
 profile, chapter, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 start = time.time()
 try:

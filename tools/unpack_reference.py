@@ -13,6 +13,7 @@ machine-independent id (draftalign.models.target_id), so the stages here reuse w
 """
 
 import argparse
+import hashlib
 import io
 import json
 import shutil
@@ -23,8 +24,8 @@ from pathlib import Path
 from draftalign.artifacts import write_manifest
 from draftalign.models import target_id
 from draftalign.packed import KINDS, read_packed_answers
-from draftalign.profiles import get_profile
-from draftalign.reference import Run, _digest
+from draftalign.book.profiles import get_profile
+from draftalign.book.reference_run import Run
 
 
 def normalise(root: Path, device_source: str, here: str) -> None:
@@ -100,7 +101,7 @@ def main():
                      for j, r in enumerate(part)]
             (folder / "records.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
             settings = {"model": here, "n_prompts": len(prompts),
-                        "prompts_sha256": __import__("hashlib").sha256("\0".join(p["prompt"] for p in prompts).encode()).hexdigest(),
+                        "prompts_sha256": hashlib.sha256("\0".join(p["prompt"] for p in prompts).encode()).hexdigest(),
                         "max_new_tokens": P.ref_answer_max_new_tokens, "temperature": temp,
                         "top_p": 1.0 if temp == 0 else 0.95, "batch_size": P.ref_answer_batch, "seed": P.seed + shard,
                         "system": None, "topk": 0}
@@ -108,7 +109,7 @@ def main():
             if len(lines) == len(prompts):
                 spec = {"stage": "answers", "target": here, "temperature": temp,
                         "max_new_tokens": P.ref_answer_max_new_tokens, "seed": P.seed + shard,
-                        "prompts_sha256": _digest([p["prompt"] for p in prompts])}
+                        "prompts_sha256": hashlib.sha256("\0".join(p["prompt"] for p in prompts).encode("utf-8")).hexdigest()}
                 write_manifest(folder, spec, results={"rows": len(lines), "tokens": sum(
                     len(r["response_ids"]) for r in part), "made_on": "GPU (see plan-*.json)"})
             print(f"{folder.relative_to(run.root)}: {len(lines)} of {len(prompts)} answers")

@@ -23,3 +23,6 @@ Modules, one concept each, in pipeline order:
 """
 
 __version__ = "0.1.0"
+
+# the embedded target: the default of draftalign.models.load_target and of the book's profiles
+DEFAULT_TARGET = "HuggingFaceTB/SmolLM2-135M-Instruct"

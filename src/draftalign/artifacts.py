@@ -16,7 +16,7 @@ from pathlib import Path
 from .provenance import versions
 
 __all__ = ["read_manifest", "write_manifest", "is_complete", "SettingsMismatch", "CorruptFile",
-           "clear_finished", "resume_or_restart"]
+           "clear_finished", "resume_or_restart", "atomic_write", "write_json", "read_json"]
 
 
 class SettingsMismatch(ValueError):
@@ -39,20 +39,40 @@ class CorruptFile(ValueError):
 MANIFEST = "manifest.json"
 
 
+def atomic_write(path, data: str | bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file beside it, then rename: a reader
+    (or a run killed mid-write) sees the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    if isinstance(data, str):
+        tmp.write_text(data, encoding="utf-8")
+    else:
+        tmp.write_bytes(data)
+    tmp.replace(path)
+    return path
+
+
+def write_json(path, value, *, indent: int | None = 2) -> Path:
+    """``value`` as JSON at ``path``, atomically (:func:`atomic_write`)."""
+    return atomic_write(path, json.dumps(value, indent=indent, default=str))
+
+
+def read_json(path, default=None):
+    """The JSON at ``path``, or ``default`` when there is no such file."""
+    path = Path(path)
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else default
+
+
 def read_manifest(folder) -> dict | None:
-    path = Path(folder) / MANIFEST
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_json(Path(folder) / MANIFEST)
 
 
 def write_manifest(folder, spec: dict, *, inputs: dict | None = None, results: dict | None = None) -> dict:
     """Write the manifest (spec, inputs, results, versions, finish time); returns it."""
     record = {"spec": spec, "inputs": inputs or {}, "results": results or {}, "versions": versions(),
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    tmp.replace(folder / MANIFEST)
+    write_json(Path(folder) / MANIFEST, record)
     return record
 
 

@@ -1,7 +1,7 @@
 """KD losses against a *cached* target: its top-k log-probabilities, never a ``[n, V]`` tensor.
 
 Reads the draft's logits ``[n, V]`` at answer positions and the target's cached top-k
-(``ids [n, k]``, ``logprobs [n, k]``, from :func:`draftalign.generate.load_topk`); writes
+(``ids [n, k]``, ``logprobs [n, k]``, from :func:`draftalign.answers.load_topk`); writes
 nothing. This module is the one home of the cached target: :func:`expand_topk` builds it as a
 full distribution, :func:`restrict_topk` at a sub-vocabulary's tokens, and the closed forms
 below use it without building it:

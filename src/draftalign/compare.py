@@ -4,7 +4,7 @@ a verdict that never calls overlapping intervals a win.
 Reads an acceptance report (:func:`draftalign.evaluate.acceptance_report`, whose
 ``attrs["per_prompt"]`` holds the per-answer numbers) and groups of its drafts (e.g. each
 loss's drafts, one per training seed); writes nothing. Chapter 4 and the loss study
-(``benchmarks/loss_study.py``) decide between the losses with it.
+(``draftalign study``) decide between the losses with it.
 
 A group's value is the mean over its seeds of each seed's pooled metric. Its interval comes
 from a two-level bootstrap: each replicate resamples the prompts (the same resampling for

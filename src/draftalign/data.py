@@ -1,8 +1,8 @@
 """Prompts for distillation and evaluation: the built-in sets, public datasets, and
 prompts the target writes itself.
 
-Reads ``data/prompts/{distill,eval,mt_bench}.jsonl`` (written by the project, one category per
-prompt), or public instruction datasets through ``datasets`` (the ``gpu`` profile);
+Reads the package's ``prompts/{distill,eval,mt_bench}.jsonl`` (written by the project, one category per
+prompt; ``data/README.md`` says where they come from), or public instruction datasets through ``datasets`` (the ``gpu`` profile);
 writes nothing. Chapter 3 turns these prompts into the distillation dataset; every
 chapter measures tau on the evaluation set, per category. The pretraining corpus and
 packing live in :mod:`draftalign.corpus` and are re-exported here.
@@ -18,10 +18,9 @@ import torch
 
 from .corpus import pack_blocks, pretraining_texts, stdlib_docstrings, web_texts  # noqa: F401
 from .models import hub_reachable
-from .profiles import repo_root
 
 __all__ = ["CATEGORIES", "SPLITS", "load_prompts", "load_hub_prompts", "self_instruct_prompts", "self_instruct_round",
-           "keep_self_instruct",
+           "keep_self_instruct", "held_out_split", "pick_prompts",
            "pack_blocks", "pretraining_texts", "stdlib_docstrings", "web_texts", "prompts_dir"]
 
 CATEGORIES = ("open_qa", "creative_writing", "brainstorming", "summarization", "rewriting",
@@ -35,7 +34,9 @@ _DOLLY = {"open_qa": "open_qa", "general_qa": "open_qa", "closed_qa": "extractio
 
 
 def prompts_dir() -> Path:
-    return repo_root() / "data" / "prompts"
+    """The built-in prompt sets: package data (``draftalign/prompts/``), so they load from an
+    installed package as from a checkout."""
+    return Path(__file__).resolve().parent / "prompts"
 
 
 SPLITS = ("distill", "eval", "mt_bench")
@@ -53,8 +54,8 @@ def load_prompts(split: str = "distill", *, categories=None, limit_per_category:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     path = prompts_dir() / f"{split}.jsonl"
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run from inside the project folder "
-                                f"(the prompt sets live in data/prompts/)")
+        raise FileNotFoundError(f"{path} not found: the package was installed without its prompt sets "
+                                f"(reinstall draftalign)")
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if categories is not None:
         known = sorted({r["category"] for r in rows})
@@ -194,3 +195,55 @@ def self_instruct_round(target, tokenizer, *, batch_size: int, seed: int, temper
         if keep_self_instruct(text):
             texts.append(text)
     return texts
+
+
+# -- the one held-out split ---------------------------------------------------------------------------
+
+def held_out_split(data, *, share: float = 0.05):
+    """``(train, held_out)`` rows of a distillation dataset, held out *by prompt*: every
+    answer to a held-out prompt is held out (a second sample of a prompt seen in training
+    would leak it), and each category gives the same share of its distinct prompts, at
+    least one (none from a category with a single prompt; one prompt overall when every
+    category has one), chosen by a hash of the prompt text (stable across runs). The
+    one split of the book: the distilled drafts' held-out metrics and every held-out
+    number of Chapter 4, the reference run and the loss study use it."""
+    import hashlib
+    from collections import defaultdict
+
+    by_category = defaultdict(set)
+    for row in data:
+        by_category[row.get("category")].add(row["prompt"])
+    def ranked(prompts):
+        return sorted(prompts, key=lambda t: hashlib.sha256(t.encode("utf-8")).hexdigest())
+
+    held = set()
+    for prompts in by_category.values():  # a category with one prompt keeps it for training
+        n = len(prompts)
+        held.update(ranked(prompts)[: min(n - 1, max(1, round(share * n)))])
+    everything = {row["prompt"] for row in data}
+    if not held:  # tiny sets (one prompt per category): one prompt overall
+        if len(everything) < 2:
+            raise ValueError("too few prompts to hold any out: a split needs at least two")
+        held = set(ranked(everything)[:1])
+    train_idx = [i for i, row in enumerate(data) if row["prompt"] not in held]
+    held_idx = [i for i, row in enumerate(data) if row["prompt"] in held]
+    pick = (lambda idx: data.select(idx)) if hasattr(data, "select") else (lambda idx: [data[i] for i in idx])
+    return pick(train_idx), pick(held_idx)
+
+
+def pick_prompts(held_rows, per_category: int) -> list[dict]:
+    """Up to ``per_category`` distinct prompts of each category among distillation rows
+    (e.g. the held-out rows of :func:`held_out_split`), chosen by a hash of the text (stable
+    across runs), as dicts with ``id``, ``category``, ``prompt`` and ``prompt_ids``."""
+    import hashlib
+    from collections import defaultdict
+
+    by_category = defaultdict(dict)
+    for row in held_rows:
+        by_category[row.get("category")].setdefault(row["prompt"], list(row["prompt_ids"]))
+    chosen = []
+    for cat in sorted(by_category, key=str):
+        ranked = sorted(by_category[cat], key=lambda t: hashlib.sha256(t.encode("utf-8")).hexdigest())
+        chosen += [{"id": f"{cat}-{i}", "category": cat, "prompt": t, "prompt_ids": by_category[cat][t]}
+                   for i, t in enumerate(ranked[:per_category])]
+    return chosen

@@ -1,34 +1,28 @@
-"""Block efficiency of a draft on the evaluation prompts, per prompt and per category, and
-the acceptance report that compares drafts with intervals.
+"""Block efficiency of a draft measured by decoding: per prompt and per category, and at
+several temperatures.
 
-Reads a target, drafts, the tokenizer and prompt dicts (``id``, ``category``,
-``prompt``); writes nothing. Every chapter that trains a draft reports tau with it;
-Chapter 4 and the loss study (``benchmarks/loss_study.py``) decide between the losses with
-:func:`acceptance_report`: per-token acceptance at each temperature, exact along the
-target's own answers, expected and measured tau, MBSU, bootstrap intervals over prompts.
-Chapter 4's yardstick, the agreement of an n-gram table with the target's cached top-1
-(:func:`ngram_agreement`, :func:`topk_labelled`), is here too.
-tau is a count (tokens per target call), so it is immune to timing noise.
+Reads a target, drafts, the tokenizer and prompt dicts (``id``, ``category``, ``prompt``);
+writes nothing. Every chapter that trains a draft reports tau with it. tau is a count
+(tokens per target call), so it is immune to timing noise. The acceptance report that
+decides between drafts with intervals (:func:`acceptance_report`) lives in
+:mod:`draftalign.acceptance` and is re-exported here.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
 from collections.abc import Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.std import tqdm
 
-from .cached_losses import topk_top1
+from .acceptance import acceptance_report, answer_acceptance, bootstrap_interval, engine_check, target_answers
 from .chat import chat_input_ids
-from .metrics import acceptance_rate, expected_target_calls, mbsu
-from .models import count_parameters
-from .speculative import _budget, autoregressive_generate, speculative_generate
+from .metrics import acceptance_rate, mean_tau
+from .speculative import speculative_generate
 
-__all__ = ["tau_table", "tau_by_category", "ngram_agreement", "topk_labelled", "greedy_agreement",
-           "target_answers", "answer_acceptance", "acceptance_report", "bootstrap_interval", "engine_check"]
+__all__ = ["tau_table", "tau_by_category", "tau_per_temperature", "acceptance_report", "answer_acceptance",
+           "target_answers", "bootstrap_interval", "engine_check"]
 
 
 def tau_table(target, draft, tokenizer, prompts: list[dict], *, gamma: int = 4, max_new_tokens: int = 48,
@@ -54,393 +48,21 @@ def tau_by_category(table: pd.DataFrame) -> pd.DataFrame:
     return grouped
 
 
-def ngram_agreement(train: list[dict], held_out: list[dict], *, n: int = 4) -> float:
-    """How often a back-off n-gram table agrees with the target's most likely next token
-    on held-out answers: a draft-free reference for the greedy acceptance a trained draft
-    reaches on the same data.
-
-    Rows are dicts with ``prompt_ids``, ``response_ids`` and ``labels`` (the target's most
-    likely token at each answer position, e.g. the first of the cached top-k). The table
-    maps the last ``n - 1`` tokens of context to the label seen most often after them in
-    ``train`` (ties: the label seen first); an unseen context backs off to shorter ones,
-    down to the most common label overall.
-    """
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    tables = [defaultdict(Counter) for _ in range(n)]  # tables[m]: contexts of m tokens
-
-    def contexts(row):
-        full = list(row["prompt_ids"]) + list(row["response_ids"])
-        if len(row["labels"]) != len(row["response_ids"]):
-            raise ValueError("labels must hold one token per answer token")
-        for j, label in enumerate(row["labels"]):
-            at = len(row["prompt_ids"]) + j
-            yield [tuple(full[max(0, at - m):at]) for m in range(n)], int(label)
-
-    for row in train:
-        for ctxs, label in contexts(row):
-            for m, ctx in enumerate(ctxs):
-                if len(ctx) == m:
-                    tables[m][ctx][label] += 1
-    if not tables[0]:
-        raise ValueError("no training positions")
-    hits = total = 0
-    for row in held_out:
-        for ctxs, label in contexts(row):
-            m = next(m for m in range(n - 1, -1, -1) if len(ctxs[m]) == m and ctxs[m] in tables[m])
-            hits += tables[m][ctxs[m]].most_common(1)[0][0] == label
-            total += 1
-    if not total:
-        raise ValueError("no held-out positions")
-    return hits / total
-
-
-def topk_labelled(rows, topk: dict) -> list[dict]:
-    """Rows for :func:`ngram_agreement`: ``prompt_ids``, ``response_ids`` and ``labels``, the
-    target's most likely token at each answer position, read from its cached top-k.
-
-    ``rows``: dicts (or a dataset) with ``index``, ``prompt_ids`` and ``response_ids``;
-    ``topk``: ``{index: (ids [L, k], logprobs [L, k])}`` (:func:`draftalign.generate.load_topk`).
-    The answer is cut to the positions the cache covers.
-    """
-    out = []
-    for r in rows:
-        if r["index"] not in topk:
-            raise ValueError(f"no cached top-k for row {r['index']}")
-        ids, logprobs = topk[r["index"]]
-        best = topk_top1(ids, logprobs)  # [L]
-        n = min(len(best), len(r["response_ids"]))
-        out.append({"prompt_ids": r["prompt_ids"], "response_ids": r["response_ids"][:n],
-                    "labels": best[:n].tolist()})
-    return out
-
-
-@torch.inference_mode()
-def greedy_agreement(draft, rows, *, batch_size: int = 16, progress: bool = False) -> pd.DataFrame:
-    """How often the draft's most likely next token is the token the target wrote, on the
-    target's own greedy answers (teacher forcing): the acceptance of greedy drafting
-    along those answers, one forward pass per batch instead of a decoding loop.
-
-    ``rows``: dicts (or a dataset) with ``prompt_ids`` and ``response_ids`` (a greedy
-    answer of the target) and optionally ``id``/``index`` and ``category``. Returns one
-    row per answer: ``id``, ``category``, ``tokens`` (answer tokens scored), ``hits``
-    (draft argmax equal to the target's token) and ``agreement``.
-    """
-    rows = list(rows)
-    device = next(draft.parameters()).device
-    out = []
-    for start in tqdm(range(0, len(rows), batch_size), desc="agreement", disable=not progress, mininterval=5):
-        chunk = rows[start:start + batch_size]
-        seqs = [list(r["prompt_ids"]) + list(r["response_ids"]) for r in chunk]
-        width = max(len(s) for s in seqs)
-        ids = torch.zeros((len(seqs), width), dtype=torch.long)
-        attn = torch.zeros((len(seqs), width), dtype=torch.long)
-        for j, s in enumerate(seqs):  # right padding: positions are the same as unpadded
-            ids[j, :len(s)] = torch.tensor(s)
-            attn[j, :len(s)] = 1
-        pred = draft(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.argmax(-1).cpu()  # [B, T]
-        for j, r in enumerate(chunk):
-            n_prompt, n_answer = len(r["prompt_ids"]), len(r["response_ids"])
-            guess = pred[j, n_prompt - 1:n_prompt + n_answer - 1]
-            hits = int((guess == torch.tensor(list(r["response_ids"]))).sum())
-            out.append({"id": r.get("id", r.get("index", start + j)), "category": r.get("category"),
-                        "tokens": n_answer, "hits": hits, "agreement": hits / max(1, n_answer)})
-    return pd.DataFrame(out)
-
-
-# -- the acceptance report ---------------------------------------------------------------------------
-
-def _prompt_ids(prompts, tokenizer) -> list[dict]:
-    """Each prompt as a dict with ``id``, ``category`` and ``prompt_ids`` (the templated
-    prompt): taken as given, or built from ``prompt`` text with ``tokenizer``."""
-    out = []
-    for i, p in enumerate(prompts):
-        p = {"prompt": p} if isinstance(p, str) else dict(p)
-        if "prompt_ids" not in p:
-            if tokenizer is None:
-                raise ValueError("prompts given as text need the tokenizer (tokenizer=...) to be templated")
-            p["prompt_ids"] = chat_input_ids(tokenizer, p["prompt"])[0].tolist()
-        ids = p["prompt_ids"]
-        p["prompt_ids"] = ids[0].tolist() if isinstance(ids, torch.Tensor) and ids.dim() == 2 else list(map(int, ids))
-        if not p["prompt_ids"]:
-            raise ValueError(f"prompt {p.get('id', i)!r} is empty")
-        p.setdefault("id", i)
-        p.setdefault("category", None)
-        out.append(p)
-    if not out:
-        raise ValueError("no prompts")
-    return out
-
-
-def _check_temperatures(temperatures) -> tuple[float, ...]:
-    temps = tuple(float(t) for t in temperatures)
-    if not temps or any(t < 0 or t != t for t in temps) or len(set(temps)) != len(temps):
-        raise ValueError(f"temperatures must be distinct numbers >= 0 (0 is greedy), got {temperatures!r}")
-    return temps
-
-
-@torch.inference_mode()
-def target_answers(target, prompts, *, temperatures: Sequence[float] = (0.0, 0.7, 1.0), max_new_tokens: int = 128,
-                   seeds: Sequence[int] = (0,), tokenizer=None, batch_size: int = 16,
-                   progress: bool = True) -> list[dict]:
-    """The target's own answers to ``prompts`` at each temperature: one greedy answer per
-    prompt at ``T = 0``, one sampled answer per prompt and seed at ``T > 0`` (pure
-    temperature sampling: no top-p, no top-k).
-
-    Answers are generated in left-padded batches (``target.generate``); a greedy answer that
-    a plain, unpadded greedy decoding would not write (padding can flip a near-tie) is
-    written again with :func:`draftalign.speculative.autoregressive_generate`, the engine's
-    own, so a greedy answer is exactly what speculative decoding reproduces. Returns dicts
-    with ``prompt`` (index into ``prompts``), ``id``, ``category``, ``temperature``, ``seed``,
-    ``prompt_ids``, ``tokens`` (ending with EOS when the answer finished) and ``budget``.
-    """
-    prompts = _prompt_ids(prompts, tokenizer)
-    temps = _check_temperatures(temperatures)
-    if int(max_new_tokens) != max_new_tokens or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    device = next(target.parameters()).device
-    eos = {int(e) for e in np.atleast_1d(target.generation_config.eos_token_id or [])}
-    pad = target.generation_config.pad_token_id
-    pad = pad if pad is not None else min(eos) if eos else 0
-    jobs = [(t, s) for t in temps for s in ((None,) if t == 0 else tuple(seeds))]
-    out = []
-    bar = tqdm(total=len(jobs) * len(prompts), desc="target answers", disable=not progress, mininterval=5)
-    for temp, seed in jobs:
-        for b, start in enumerate(range(0, len(prompts), batch_size)):
-            chunk = prompts[start:start + batch_size]
-            width = max(len(p["prompt_ids"]) for p in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for j, p in enumerate(chunk):  # left padding: every prompt ends at the same column
-                ids[j, width - len(p["prompt_ids"]):] = torch.tensor(p["prompt_ids"])
-                mask[j, width - len(p["prompt_ids"]):] = 1
-            sampling = ({"do_sample": False} if temp == 0 else
-                        {"do_sample": True, "temperature": temp, "top_p": 1.0, "top_k": 0})
-            if temp > 0:
-                torch.manual_seed(1_000_003 * int(seed) + b)
-            seqs = target.generate(ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                                   pad_token_id=pad, **sampling)[:, width:].tolist()
-            for j, p in enumerate(chunk):
-                row = seqs[j]
-                end = next((k for k, tok in enumerate(row) if tok in eos), None)
-                tokens = row[: end + 1] if end is not None else row
-                out.append({"prompt": start + j, "id": p["id"], "category": p["category"], "temperature": temp,
-                            "seed": seed, "prompt_ids": p["prompt_ids"], "tokens": tokens,
-                            "budget": _budget(target, len(p["prompt_ids"]), max_new_tokens)})
-            bar.update(len(chunk))
-    bar.close()
-    for a in out:  # a greedy answer must be the engine's greedy answer, token for token
-        if a["temperature"] == 0:
-            logits = _answer_logits(target, a["prompt_ids"], a["tokens"])
-            if not torch.equal(logits.argmax(-1).cpu(), torch.tensor(a["tokens"])):
-                ids = torch.tensor([a["prompt_ids"]], device=device)
-                a["tokens"] = autoregressive_generate(target, ids, max_new_tokens=max_new_tokens).tokens
-    return out
-
-
-def _answer_logits(model, prompt_ids: list[int], tokens: list[int]) -> torch.Tensor:
-    """Teacher-forced logits ``[L, V]`` (fp32) that predict each answer token."""
-    device = next(model.parameters()).device
-    ids = torch.tensor([list(prompt_ids) + list(tokens)], device=device)  # [1, T + L]
-    return model(input_ids=ids, logits_to_keep=len(tokens) + 1).logits[0, :-1].float()  # [L, V]
-
-
-@torch.inference_mode()
-def answer_acceptance(target, drafts: dict, answer: dict) -> dict[str, dict]:
-    """Per-position acceptance of each draft along one target answer (teacher forcing: one
-    target pass and one pass per draft over the prompt and the answer).
-
-    At ``T > 0``, with ``p_T``, ``q_T`` the temperature-warped next-token distributions
-    of the target and the draft at answer position ``t``: ``alpha[t] = sum_x min(p_T, q_T)``
-    (= 1 - TVD, the probability speculative sampling accepts a drafted token there) and
-    ``accept[t] = min(1, q_T(x_t) / p_T(x_t))``, the probability that the token ``x_t`` the
-    target wrote was an accepted draft (its mean over ``x_t ~ p_T`` is ``alpha[t]``). At
-    ``T = 0`` both are 1 where the draft's argmax is the target's token, else 0. Returns
-    ``{name: {"alpha": [L], "accept": [L]}}`` (numpy float arrays).
-    """
-    temp, tokens = float(answer["temperature"]), list(answer["tokens"])
-    if not tokens:
-        return {name: {"alpha": np.zeros(0), "accept": np.zeros(0)} for name in drafts}
-    p_logits = _answer_logits(target, answer["prompt_ids"], tokens)  # [L, V]
-    x = torch.tensor(tokens, device=p_logits.device)
-    if temp > 0:
-        p = (p_logits / temp).softmax(-1)
-        p_x = p.gather(-1, x[:, None])[:, 0]
-    out = {}
-    for name, draft in drafts.items():
-        q_logits = _answer_logits(draft, answer["prompt_ids"], tokens).to(p_logits.device)  # [L, V]
-        if q_logits.shape != p_logits.shape:
-            raise ValueError(f"draft {name!r} scores {q_logits.shape[-1]} ids, the target {p_logits.shape[-1]}")
-        if temp == 0:
-            hit = (q_logits.argmax(-1) == x).double().cpu().numpy()
-            out[name] = {"alpha": hit, "accept": hit}
-        else:
-            q = (q_logits / temp).softmax(-1)
-            alpha = torch.minimum(p, q).sum(-1).clamp(0, 1)
-            accept = (q.gather(-1, x[:, None])[:, 0] / p_x).clamp(max=1)
-            out[name] = {"alpha": alpha.double().cpu().numpy(), "accept": accept.double().cpu().numpy()}
-    return out
-
-
-def bootstrap_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """The central ``level`` interval of bootstrap replicates (percentiles)."""
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if not len(values):
-        return float("nan"), float("nan")
-    lo, hi = np.percentile(values, [50 * (1 - level), 50 * (1 + level)])
-    return float(lo), float(hi)
-
-
-def _resample(n_prompts: int, n_boot: int, seed: int = 0) -> np.ndarray:
-    """``[n_boot, n_prompts]`` prompt indices drawn with replacement (the same draws for
-    every draft: intervals of differences between drafts are paired)."""
-    return np.random.default_rng(seed).integers(0, n_prompts, size=(n_boot, n_prompts))
-
-
-def acceptance_report(target, drafts: dict, prompts, *, temperatures=(0.0, 0.7, 1.0), gamma: int = 4,
-                      max_new_tokens: int = 128, seeds=(0,), n_boot: int = 1000, tokenizer=None,
-                      answers: list[dict] | None = None, engine_prompts: int | None = None,
-                      engine_drafts: Sequence[str] | None = None, progress: bool = True) -> pd.DataFrame:
-    """How well each draft serves the target, with 95% bootstrap intervals over prompts.
-
-    ``drafts``: ``{name: model}``, any draft the package loads (a sub-vocabulary draft
-    too); ``prompts``: dicts with ``prompt`` text (templated with ``tokenizer``) or
-    ``prompt_ids``, and optionally ``id`` and ``category``. The target answers every prompt
-    at every temperature (:func:`target_answers`, or ``answers`` it returned earlier); each
-    draft is then scored along those answers by teacher forcing (:func:`answer_acceptance`).
-
-    One row per (draft, temperature), with:
-
-    - ``alpha``: per-token acceptance, pooled over every answer position: at ``T > 0`` the
-      mean of ``sum_x min(p_T, q_T)`` (exact, not sampled), at ``T = 0`` the top-1
-      agreement with the target's greedy answer;
-    - ``expected_tau``: block efficiency at ``gamma`` from the per-position acceptances
-      (:func:`draftalign.metrics.expected_target_calls`: total tokens over expected calls;
-      at ``T = 0`` exactly the greedy replay's tau);
-    - ``tau``: block efficiency measured by the engine
-      (:func:`~draftalign.speculative.speculative_generate`), greedy or sampled at ``T``,
-      averaged over ``seeds``, on the first ``engine_prompts`` prompts (all when ``None``, no
-      run when 0) for the drafts named in ``engine_drafts`` (all when ``None``);
-    - ``cost_ratio`` (parameters of the draft over the target's) and ``mbsu``, the
-      memory-bound speed-up at ``expected_tau``;
-    - ``prompts``, ``tokens`` (answer tokens scored), ``engine_prompts``, ``engine_tokens``;
-    - ``alpha_lo``/``alpha_hi``, ``expected_tau_lo``/``_hi``, ``mbsu_lo``/``_hi`` and
-      ``tau_lo``/``tau_hi``: 95% intervals from ``n_boot`` resamplings of the prompts (the
-      same resamplings for every draft).
-
-    The per-answer numbers are kept in ``report.attrs["per_prompt"]`` (one row per draft,
-    temperature, seed and prompt: ``positions``, ``alpha_sum``, ``accept_sum``,
-    ``expected_calls``, ``tokens``), from which :func:`loss_summary`-style aggregates and
-    paired differences follow.
-    """
-    if not drafts:
-        raise ValueError("no drafts to report on")
-    temps = _check_temperatures(temperatures)
-    if int(gamma) != gamma or gamma < 1:
-        raise ValueError(f"gamma must be a positive integer, got {gamma!r}")
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    seeds = tuple(int(s) for s in seeds)
-    if not seeds:
-        raise ValueError("seeds must name at least one seed")
-    prompts = _prompt_ids(prompts, tokenizer)
-    if answers is None:
-        answers = target_answers(target, prompts, temperatures=temps, max_new_tokens=max_new_tokens, seeds=seeds,
-                                 progress=progress)
-    answers = [a for a in answers if a["temperature"] in temps and (a["temperature"] == 0 or a["seed"] in seeds)]
-    per = []
-    for a in tqdm(answers, desc="acceptance", disable=not progress, mininterval=5):
-        scored = answer_acceptance(target, drafts, a)
-        for name, s in scored.items():
-            per.append({"draft": name, "temperature": a["temperature"], "seed": a["seed"], "prompt": a["prompt"],
-                        "id": a["id"], "category": a["category"], "positions": len(s["alpha"]),
-                        "alpha_sum": float(s["alpha"].sum()), "accept_sum": float(s["accept"].sum()),
-                        "expected_calls": expected_target_calls(s["accept"], gamma, budget=a["budget"]),
-                        "tokens": len(a["tokens"])})
-    per = pd.DataFrame(per)
-    engine = _engine_taus(target, drafts, prompts, temps, seeds, gamma=gamma, max_new_tokens=max_new_tokens,
-                          n=len(prompts) if engine_prompts is None else int(engine_prompts),
-                          names=list(drafts) if engine_drafts is None else list(engine_drafts), progress=progress)
-    n_target = count_parameters(target)
-    draws = _resample(len(prompts), n_boot)
+def tau_per_temperature(target, drafts: dict, prompts: list[torch.Tensor], *, temperatures: Sequence[float],
+                        gamma: int, max_new_tokens: int, seed: int = 0, progress: bool = False) -> pd.DataFrame:
+    """Speculative decoding of ``prompts`` (``[1, T]`` ids) with each draft at each
+    temperature (0: greedy; sampled otherwise, seed ``seed + i`` for prompt ``i``): one row
+    per (draft, temperature) with pooled tau and alpha, and the results."""
     rows = []
+    bar = tqdm(total=len(drafts) * len(temperatures) * len(prompts), desc="tau", disable=not progress)
     for name, draft in drafts.items():
-        c = count_parameters(draft) / n_target
-        for temp in temps:
-            sums = (per[(per.draft == name) & (per.temperature == temp)]
-                    .groupby("prompt")[["positions", "alpha_sum", "expected_calls", "tokens"]].sum()
-                    .reindex(range(len(prompts)), fill_value=0.0))
-            pos, a_sum, calls, toks = (sums[k].to_numpy(float) for k in ("positions", "alpha_sum",
-                                                                           "expected_calls", "tokens"))
-            with np.errstate(invalid="ignore", divide="ignore"):
-                alpha_b = a_sum[draws].sum(1) / pos[draws].sum(1)
-                tau_b = toks[draws].sum(1) / calls[draws].sum(1)
-            tau = toks.sum() / calls.sum() if calls.sum() else float("nan")
-            row = {"draft": name, "temperature": temp, "gamma": int(gamma), "prompts": len(prompts),
-                   "tokens": int(pos.sum()), "alpha": a_sum.sum() / pos.sum() if pos.sum() else float("nan"),
-                   "expected_tau": tau, "cost_ratio": c,
-                   "mbsu": mbsu(tau, gamma, count_parameters(draft), n_target) if tau == tau else float("nan")}
-            row["alpha_lo"], row["alpha_hi"] = bootstrap_interval(alpha_b)
-            row["expected_tau_lo"], row["expected_tau_hi"] = bootstrap_interval(tau_b)
-            row["mbsu_lo"], row["mbsu_hi"] = (t / (gamma * c + 1) for t in bootstrap_interval(tau_b))
-            row.update(_engine_columns(engine.get((name, temp)), n_boot))
-            rows.append(row)
-    report = pd.DataFrame(rows)
-    report.attrs["per_prompt"] = per
-    return report
-
-
-def _engine_taus(target, drafts, prompts, temps, seeds, *, gamma, max_new_tokens, n, names, progress) -> dict:
-    """``{(draft, T): [(tokens, calls) per prompt, summed over seeds]}`` from the engine."""
-    unknown = sorted(set(names) - set(drafts))
-    if unknown:
-        raise ValueError(f"engine_drafts names drafts not in drafts: {unknown}")
-    if n < 0:
-        raise ValueError(f"engine_prompts must be >= 0, got {n}")
-    chosen = prompts[:n]
-    out = {}
-    jobs = [(name, t) for name in names for t in temps] if chosen else []
-    bar = tqdm(total=len(jobs) * len(chosen), desc="engine tau", disable=not progress, mininterval=5)
-    device = next(target.parameters()).device
-    for name, temp in jobs:
-        counts = []
-        for i, p in enumerate(chosen):
-            ids = torch.tensor([p["prompt_ids"]], device=device)
-            tokens = calls = 0
-            for seed in ((0,) if temp == 0 else seeds):
-                res = speculative_generate(target, drafts[name], ids, max_new_tokens=max_new_tokens, gamma=gamma,
-                                           temperature=temp, seed=1_000_003 * seed + i)
-                tokens, calls = tokens + len(res.tokens), calls + res.target_calls
-            counts.append((tokens, calls))
-            bar.update()
-        out[(name, temp)] = counts
+        for temp in temperatures:
+            res = []
+            for i, ids in enumerate(prompts):
+                res.append(speculative_generate(target, draft, ids, gamma=gamma, max_new_tokens=max_new_tokens,
+                                                temperature=float(temp), seed=seed + i))
+                bar.update()
+            rows.append({"draft": name, "temperature": float(temp), "tau": mean_tau(res),
+                         "alpha": acceptance_rate(res), "results": res})
     bar.close()
-    return out
-
-
-def _engine_columns(counts, n_boot: int) -> dict:
-    if not counts:
-        return {"tau": float("nan"), "tau_lo": float("nan"), "tau_hi": float("nan"), "engine_prompts": 0,
-                "engine_tokens": 0}
-    toks, calls = (np.array(v, dtype=float) for v in zip(*counts))
-    draws = _resample(len(toks), n_boot, seed=1)
-    lo, hi = bootstrap_interval(toks[draws].sum(1) / calls[draws].sum(1))
-    return {"tau": toks.sum() / calls.sum(), "tau_lo": lo, "tau_hi": hi, "engine_prompts": len(toks),
-            "engine_tokens": int(toks.sum())}
-
-
-def engine_check(report: pd.DataFrame) -> pd.DataFrame:
-    """For every (draft, temperature) the engine decoded in :func:`acceptance_report`: its
-    measured tau beside the expected tau on the same prompts (the first ``engine_prompts``).
-    Greedy, the two are equal in fp32 (the replay is exact); sampled, the engine's tau is one
-    draw per prompt and seed, the expected tau its mean."""
-    per = report.attrs.get("per_prompt")
-    if per is None:
-        raise ValueError("the report has no per-prompt table (attrs['per_prompt']): make it with acceptance_report")
-    rows = []
-    for r in report[report.engine_prompts > 0].itertuples():
-        sub = per[(per.draft == r.draft) & (per.temperature == r.temperature) & (per.prompt < r.engine_prompts)]
-        rows.append({"draft": r.draft, "temperature": r.temperature, "prompts": int(r.engine_prompts),
-                     "tau, engine": r.tau, "expected tau, same prompts": sub.tokens.sum() / sub.expected_calls.sum()})
     return pd.DataFrame(rows)

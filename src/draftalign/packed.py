@@ -9,7 +9,7 @@ The reference drafter's distillation data ships this way
   token) and ``lengths``, and ``ids`` (every answer's tokens concatenated, uint16).
 
 :func:`read_packed_answers` turns them into the rows every other reader of distillation
-data takes (those of :func:`draftalign.generate.read_distillation_rows`, plus ``kind``), so
+data takes (those of :func:`draftalign.answers.read_distillation_rows`, plus ``kind``), so
 Chapter 4 (the ``colab`` profile) and ``tools/unpack_reference.py`` read one format. Reads
 only; writes nothing.
 """

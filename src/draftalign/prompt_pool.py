@@ -3,12 +3,12 @@
 Reads the target (it writes the Magpie prompts), the built-in prompt sets and a list of
 passages; writes ``out_dir/rounds.jsonl`` (one JSON line per round of self-instruct
 generation) and returns the pool as prompt dicts (``id``, ``category``, ``prompt``,
-``source``). The reference drafter (:mod:`draftalign.reference`) answers these with the
+``source``). The reference drafter (:mod:`draftalign.book.reference`) answers these with the
 target.
 
 Three sources, in this order:
 
-1. the built-in distillation prompts (``data/prompts/distill.jsonl``);
+1. the built-in distillation prompts (the package's ``prompts/distill.jsonl``);
 2. passage tasks (summarise, rewrite, extract, classify, ...) over given passages, so the
    draft also sees answers that copy from the prompt, as the evaluation's summarization,
    extraction and rewriting prompts ask for;

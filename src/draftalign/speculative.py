@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from .models import cache_kwargs, check_compatible, vocab_size
+from .models import cache_kwargs, check_compatible, eos_ids, vocab_size
 from .sampling import BlockOutcome, _check_sampling, sample, verify_block, verify_block_greedy, warp
 
 __all__ = ["GenerationResult", "Block", "autoregressive_generate", "speculative_generate"]
@@ -99,15 +99,6 @@ class _CachedModel:
             self.cache.crop(-surplus)  # a negative count removes that many tokens
 
 
-def _eos_ids(model) -> set[int]:
-    eos = getattr(model.generation_config, "eos_token_id", None)
-    if eos is None:
-        eos = getattr(model.config, "eos_token_id", None)
-    if eos is None:
-        return set()
-    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
-
-
 def _check_inputs(model, input_ids, max_new_tokens: int, temperature: float, top_p: float) -> list[int]:
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[0] != 1:
         shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
@@ -153,7 +144,7 @@ def autoregressive_generate(model, input_ids, *, max_new_tokens: int, temperatur
     """
     seq = _check_inputs(model, input_ids, max_new_tokens, temperature, top_p)
     budget = _budget(model, len(seq), max_new_tokens)
-    eos, gen = _eos_ids(model), _generator(seed)
+    eos, gen = eos_ids(model), _generator(seed)
     target = _CachedModel(model)
     start = time.perf_counter()
     new: list[int] = []
@@ -189,7 +180,7 @@ def speculative_generate(target, draft, input_ids, *, max_new_tokens: int, gamma
         raise ValueError(f"gamma must be a positive integer, got {gamma!r}")
     seq = _check_inputs(target, input_ids, max_new_tokens, temperature, top_p)
     budget = _budget(target, len(seq), max_new_tokens)
-    eos, gen = _eos_ids(target), _generator(seed)
+    eos, gen = eos_ids(target), _generator(seed)
     greedy = temperature == 0
     tgt, drf = _CachedModel(target), _CachedModel(draft)
     result = GenerationResult(tokens=[], target_calls=0, gamma=int(gamma))

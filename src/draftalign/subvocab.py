@@ -11,8 +11,8 @@ loses the positions whose target token lies outside ``keep``.
 Reads a full-vocabulary draft and a token list; writes a Hugging Face model folder that
 ``AutoModelForCausalLM.from_pretrained`` loads (the inner model over ``len(keep) + 1``
 rows: the kept tokens, then one row shared by every other input token) plus
-``sub_vocab.json`` (the kept ids of the target's vocabulary). :func:`load_draft` loads
-either kind of draft folder.
+``sub_vocab.json`` (the kept ids of the target's vocabulary).
+:func:`draftalign.drafts.load_draft` loads either kind of draft folder.
 """
 
 from __future__ import annotations
@@ -21,12 +21,11 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM
 
-from .models import cache_kwargs, vocab_size
+from .models import SPECIAL_KEYS, cache_kwargs, vocab_size
 
-__all__ = ["SubVocabDraft", "sub_vocabulary", "sub_vocab_draft", "load_draft", "SUB_VOCAB_FILE"]
+__all__ = ["SubVocabDraft", "sub_vocabulary", "sub_vocab_draft", "SUB_VOCAB_FILE"]
 
 SUB_VOCAB_FILE = "sub_vocab.json"
 
@@ -35,7 +34,7 @@ def sub_vocabulary(rows, *, topk: dict | None = None, per_position: int = 4, alw
     """The sorted token ids a sub-vocabulary draft keeps: every prompt and answer token of
     ``rows`` (dicts with ``prompt_ids`` and ``response_ids``), the first ``per_position``
     of the target's cached top-k at each answer token (``topk``: ``{index: (ids, logprobs)}``
-    from :func:`draftalign.generate.load_topk`; rows then need ``index``), and ``always``
+    from :func:`draftalign.answers.load_topk`; rows then need ``index``), and ``always``
     (e.g. the special tokens)."""
     if per_position < 0:
         raise ValueError(f"per_position must be >= 0, got {per_position}")
@@ -130,7 +129,7 @@ class SubVocabDraft(torch.nn.Module):
         (folder / SUB_VOCAB_FILE).write_text(json.dumps(
             {"full_vocab_size": self.full_vocab_size, "keep": self.keep.tolist(),
              "note": "row j of this model is token keep[j] of the full vocabulary; the last row "
-                     "stands for every other token; draftalign.subvocab.load_draft restores the mapping"}))
+                     "stands for every other token; draftalign.drafts.load_draft restores the mapping"}))
 
 
 def sub_vocab_draft(draft, keep: torch.Tensor) -> SubVocabDraft:
@@ -142,7 +141,7 @@ def sub_vocab_draft(draft, keep: torch.Tensor) -> SubVocabDraft:
     config = draft.config.__class__.from_dict(draft.config.to_dict())
     config.vocab_size = len(keep) + 1
     to_sub = {int(t): j for j, t in enumerate(keep.tolist())}
-    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+    for name in SPECIAL_KEYS:
         value = getattr(config, name, None)
         if isinstance(value, int):
             setattr(config, name, to_sub.get(value))
@@ -168,45 +167,3 @@ def sub_vocab_draft(draft, keep: torch.Tensor) -> SubVocabDraft:
     if getattr(draft, "generation_config", None) is not None:
         inner.generation_config = draft.generation_config
     return SubVocabDraft(inner, keep, V).to(param.device).train(draft.training)
-
-
-def load_draft(folder, *, dtype=None, device=None, vocab_size: int | None = None):
-    """A draft from a folder written by ``save_pretrained``: a :class:`SubVocabDraft` when
-    the folder has ``sub_vocab.json``, the plain Hugging Face model otherwise.
-
-    ``vocab_size``: the target's; a plain folder over another vocabulary is refused (its
-    ids would be read as the target's). Faults get an error naming the folder and what to
-    do: no such folder, no ``config.json``, unreadable weights, a ``sub_vocab.json`` that
-    does not fit the model.
-    """
-    from .artifacts import CorruptFile
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no draft folder {folder}")
-    if not (folder / "config.json").exists():
-        raise FileNotFoundError(f"{folder} has no config.json: it is not a model folder (drafts are written "
-                                f"by save_pretrained or draftalign.export.export_draft)")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(folder, **({"dtype": dtype} if dtype is not None else {}))
-    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
-        weights = sorted(p.name for p in folder.glob("*.safetensors")) or ["(no weights file)"]
-        raise CorruptFile(f"could not load the draft in {folder} ({', '.join(weights)}): {type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}. The weights are missing, truncated "
-                          f"or not this config's; export or train the draft again.", folder) from exc
-    path = folder / SUB_VOCAB_FILE
-    if path.exists():
-        try:
-            meta = json.loads(path.read_text())
-            model = SubVocabDraft(model, torch.tensor(meta["keep"], dtype=torch.long), meta["full_vocab_size"])
-        except (ValueError, KeyError) as exc:
-            raise CorruptFile(f"{path} does not fit the model in {folder}: {exc}", path) from exc
-    if vocab_size is not None and _vocab(model) != vocab_size:
-        hint = (" (a sub-vocabulary draft whose sub_vocab.json is missing?)" if _vocab(model) < vocab_size else "")
-        raise ValueError(f"the draft in {folder} is over {_vocab(model)} ids, the target's vocabulary over "
-                         f"{vocab_size}{hint}: its ids would be misread")
-    return model.to(device) if device is not None else model
-
-
-def _vocab(model) -> int:
-    return vocab_size(model)

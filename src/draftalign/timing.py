@@ -14,6 +14,7 @@ ratios measured within one round.
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -24,9 +25,11 @@ from tqdm.std import tqdm  # plain text bars: they render in executed notebooks 
 from transformers import DynamicCache
 
 from .metrics import acceptance_rate, pooled_tau
-from .models import cache_kwargs, vocab_size
+from .models import cache_kwargs, eos_ids, pad_id, vocab_size
+from .speculative import GenerationResult, autoregressive_generate, speculative_generate
 
-__all__ = ["pass_cost", "compare_decoders", "median_seconds", "timed_loss_and_grad"]
+__all__ = ["pass_cost", "compare_decoders", "median_seconds", "timed_loss_and_grad", "hf_assisted", "hf_generate",
+           "decoder_table", "wall_clock_by_gamma", "against_transformers", "output_agreement"]
 
 
 def _sync(device: torch.device) -> None:
@@ -147,3 +150,117 @@ def compare_decoders(methods: dict[str, Callable], prompts: Sequence[torch.Tenso
             f"time_vs_{base}": statistics.median(a / b for a, b in zip(seconds[n], seconds[base])),
         })
     return pd.DataFrame(rows).set_index("method"), first
+
+
+# -- the decoders every benchmark compares -------------------------------------------------------------
+
+def _counted_generate(target, ids, **kwargs) -> GenerationResult:
+    """``target.generate`` on one prompt as a :class:`GenerationResult`: the new tokens up to
+    and including EOS, and the target's forward passes (counted by a hook that lives only
+    during the call)."""
+    calls = [0]
+    hook = target.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    start = time.perf_counter()
+    try:
+        out = target.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, **kwargs)
+    finally:
+        hook.remove()
+    toks = out[0, ids.shape[1]:].tolist()
+    eos = eos_ids(target)
+    stop = next((i for i, t in enumerate(toks) if t in eos), None)
+    toks = toks if stop is None else toks[: stop + 1]
+    return GenerationResult(tokens=toks, target_calls=calls[0], finish_reason="eos" if stop is not None else "length",
+                            wall_time_s=time.perf_counter() - start)
+
+
+def hf_generate(target, *, max_new_tokens: int, pad_token_id=None) -> Callable:
+    """transformers' own greedy ``generate`` as a decoder ``fn([1, T] ids) -> GenerationResult``."""
+    pad = pad_token_id if pad_token_id is not None else pad_id(target)
+    return lambda ids: _counted_generate(target, ids, max_new_tokens=max_new_tokens, pad_token_id=pad)
+
+
+def hf_assisted(target, draft, *, gamma: int, max_new_tokens: int, dynamic: bool = False,
+                pad_token_id=None) -> Callable:
+    """transformers' greedy assisted generation as a decoder ``fn([1, T] ids) -> GenerationResult``
+    (``tokens`` up to and including EOS, ``target_calls`` the target's forward passes).
+
+    Fixed: ``gamma`` assistant tokens per block (schedule ``"constant"``, no confidence
+    stop). Dynamic: transformers' ``"heuristic"`` schedule from ``gamma`` (+2 after a block
+    fully accepted, -1 otherwise) and its default confidence stop (0.4). Every call starts
+    from these settings (the heuristic's count would otherwise carry over between calls).
+    """
+    config = copy.deepcopy(draft.generation_config)
+    config.num_assistant_tokens = int(gamma)
+    config.num_assistant_tokens_schedule = "heuristic" if dynamic else "constant"
+    config.assistant_confidence_threshold = 0.4 if dynamic else 0.0
+    pad = pad_token_id if pad_token_id is not None else pad_id(target)
+
+    def run(ids):
+        own, draft.generation_config = draft.generation_config, copy.deepcopy(config)
+        try:
+            return _counted_generate(target, ids, assistant_model=draft, max_new_tokens=max_new_tokens,
+                                     pad_token_id=pad)
+        finally:
+            draft.generation_config = own
+
+    return run
+
+
+def decoder_table(target, draft=None, *, gammas: Sequence[int] = (), max_new_tokens: int, label: str = "",
+                  hf_gamma: int | None = None, hf_dynamic: bool = False, pad_token_id=None) -> dict[str, Callable]:
+    """The decoders a benchmark compares, each ``fn([1, T] ids) -> GenerationResult``, greedy:
+    ``plain`` (our plain decoding, the baseline) and, with ``draft``, ``<label>gamma=<g>`` for
+    each gamma (our speculative decoding); with ``hf_gamma``, transformers' assisted generation
+    with the same draft at that fixed gamma (``transformers, gamma=<g>``) and, with
+    ``hf_dynamic``, its dynamic schedule (``transformers, dynamic``). A draft over a
+    sub-vocabulary has no transformers rows (transformers drives a plain model)."""
+    n = max_new_tokens
+    table = {"plain": lambda ids: autoregressive_generate(target, ids, max_new_tokens=n)}
+    if draft is None:
+        return table
+    for g in gammas:
+        table[f"{label}gamma={g}"] = (lambda ids, g=int(g): speculative_generate(target, draft, ids, gamma=g,
+                                                                                 max_new_tokens=n))
+    if hf_gamma is not None and not hasattr(draft, "full_vocab_size"):
+        table[f"transformers, gamma={hf_gamma}"] = hf_assisted(target, draft, gamma=hf_gamma, max_new_tokens=n,
+                                                               pad_token_id=pad_token_id)
+        if hf_dynamic:
+            table["transformers, dynamic"] = hf_assisted(target, draft, gamma=hf_gamma, max_new_tokens=n,
+                                                         dynamic=True, pad_token_id=pad_token_id)
+    return table
+
+
+def wall_clock_by_gamma(target, draft, prompts: list[torch.Tensor], gammas: Sequence[int], *,
+                        max_new_tokens: int, rounds: int, progress: bool = False) -> tuple[pd.DataFrame, dict]:
+    """Plain decoding and greedy speculative decoding at each gamma, timed in interleaved
+    rounds (:func:`compare_decoders`). The table gains ``gamma`` (0 for plain) and
+    ``speed-up`` (1 / time relative to plain); results are keyed by gamma."""
+    methods = decoder_table(target, draft, gammas=gammas, max_new_tokens=max_new_tokens)
+    table, first = compare_decoders(methods, prompts, rounds=rounds, progress=progress)
+    table.insert(0, "gamma", [0, *map(int, gammas)])
+    table["speed-up"] = 1.0 / table["time_vs_plain"]
+    return table, {0: first["plain"]} | {int(g): first[f"gamma={g}"] for g in gammas}
+
+
+def against_transformers(target, draft, prompts: list[torch.Tensor], *, gamma: int, max_new_tokens: int,
+                         rounds: int, pad_token_id=None, progress: bool = False) -> tuple[pd.DataFrame, dict]:
+    """Plain decoding, our engine and transformers' assisted generation (fixed and
+    dynamic), all greedy with the same full-vocabulary ``draft``, in interleaved rounds."""
+    methods = decoder_table(target, draft, gammas=[gamma], max_new_tokens=max_new_tokens, label="ours, ",
+                            hf_gamma=gamma, hf_dynamic=True, pad_token_id=pad_token_id)
+    table, first = compare_decoders(methods, prompts, rounds=rounds, progress=progress)
+    table["speed-up"] = 1.0 / table["time_vs_plain"]
+    return table, first
+
+
+def output_agreement(results: dict[str, list], reference: str = "plain") -> pd.DataFrame:
+    """Per method: in how many prompts its tokens equal the reference's, and where the
+    first differing token is in the others."""
+    ref = results[reference]
+    rows = {}
+    for name, res in results.items():
+        firsts = [next((i for i, (x, y) in enumerate(zip(r.tokens, b.tokens)) if x != y),
+                       min(len(r.tokens), len(b.tokens))) for r, b in zip(res, ref) if r.tokens != b.tokens]
+        rows[name] = {f"same tokens as {reference}": f"{len(res) - len(firsts)} of {len(res)}",
+                      "first difference at token": ", ".join(map(str, firsts)) or "-"}
+    return pd.DataFrame(rows).T

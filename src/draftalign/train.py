@@ -48,6 +48,20 @@ class TrainConfig:
     seed: int = 0
     autocast: str = "auto"  # "auto" (the device's native 16-bit type, none on CPU), "bf16", "fp16" or "off"
 
+    @classmethod
+    def for_steps(cls, steps: int, *, batch_size: int, lr: float, warmup: int, evals: int = 10,
+                  checkpoints: int = 10, **fields) -> "TrainConfig":
+        """A config for a budget of ``steps`` optimizer steps, every cadence scaled to it: the
+        warmup is ``warmup`` steps (at most the run); ``evals`` held-out evaluations and
+        ``checkpoints`` checkpoints over the run (at least one step apart).
+        The one constructor every stage (book, reference run, command line) builds its
+        config with; ``fields`` sets the rest (``seed``, ``eval_batches``, ``autocast`` ...)."""
+        steps = int(steps)
+        if steps < 1 or evals < 1 or checkpoints < 1:
+            raise ValueError(f"need steps, evals and checkpoints >= 1, got {steps}, {evals}, {checkpoints}")
+        return cls(max_steps=steps, batch_size=batch_size, lr=lr, warmup_steps=max(1, min(int(warmup), steps)),
+                   eval_every=max(1, steps // evals), checkpoint_every=max(1, steps // checkpoints), **fields)
+
     def __post_init__(self):
         if self.max_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("max_steps, batch_size and grad_accum must be >= 1")

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .compare import seed_summary
+from ..compare import seed_summary
 from .display import draft_colors
 
 __all__ = ["MEASURES", "training_curves", "verdict_figure"]

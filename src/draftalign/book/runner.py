@@ -1,6 +1,6 @@
 """The chapter runner: execute the book's notebooks with papermill for one profile.
 
-    python -m draftalign.book --profile cpu [--only 01] [--build]
+    draftalign book --profile cpu [--only 01] [--build]     (or python -m draftalign.book ...)
 
 Reads ``notebooks/*.ipynb`` (in name order) from the project folder; writes executed
 copies to ``book/executed/`` (git-ignored; the Jupyter Book renders these, it never
@@ -13,7 +13,6 @@ and install cells collapsed). ``--build`` then renders the HTML with Jupyter Boo
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -25,7 +24,7 @@ from pathlib import Path
 
 from .profiles import PROFILES, repo_root
 
-__all__ = ["notebooks", "run_notebooks", "build_html", "source_digest", "tidy_executed", "main"]
+__all__ = ["notebooks", "run_notebooks", "build_html", "source_digest", "tidy_executed"]
 
 
 def source_digest(path: Path) -> str:
@@ -69,7 +68,7 @@ def tidy_executed(path: Path) -> Path:
             _add_tag(cell, "remove-cell")
         elif "parameters" in tags or "google.colab" in cell.source:
             _add_tag(cell, "hide-cell")
-        elif "draftalign.notebook import setup" in cell.source and "hide-cell" not in tags:
+        elif "draftalign.book.notebook import setup" in cell.source and "hide-cell" not in tags:
             _add_tag(cell, "hide-input")  # the imports: its output (versions, profile) stays
         outputs = []
         for out in cell.get("outputs", []):
@@ -146,22 +145,3 @@ def build_html(root: Path | None = None) -> Path:
     if proc.returncode != 0:
         raise SystemExit(f"[book] `{' '.join(cmd)}` failed with exit code {proc.returncode}")
     return root / "book" / "_build" / "html" / "index.html"
-
-
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m draftalign.book", description=__doc__.split("\n")[0])
-    ap.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
-    ap.add_argument("--only", nargs="*", help="run only notebooks whose name starts with these")
-    ap.add_argument("--build", action="store_true", help="render the HTML afterwards")
-    ap.add_argument("--no-run", action="store_true", help="skip execution (render what is there)")
-    ap.add_argument("--quiet", action="store_true", help="no per-cell progress bar while a notebook runs")
-    args = ap.parse_args(argv)
-    if not args.no_run:
-        # papermill's bar advances cell by cell: a long chapter is never silent
-        run_notebooks(args.profile, only=args.only, progress=not args.quiet)
-    if args.build:
-        print(f"[book] rendered {build_html()}")
-
-
-if __name__ == "__main__":
-    main()

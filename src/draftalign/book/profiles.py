@@ -20,10 +20,15 @@ import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-DEFAULT_TARGET = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the embedded target (draftalign.models loads it)
+from .. import DEFAULT_TARGET  # the embedded target (draftalign.models loads it)
 
-__all__ = ["Profile", "PROFILES", "OVERRIDES_ENV", "get_profile", "overrides_from_env", "profile_for_run",
-           "repo_root", "runs_dir"]
+__all__ = ["Profile", "PROFILES", "OVERRIDES_ENV", "REFERENCE_STAGES", "DRAFTER_NAME", "get_profile",
+           "overrides_from_env", "parse_override", "profile_for_run", "repo_root", "runs_dir"]
+
+# the reference run's stages, in order (draftalign.book.reference), and the folder it ships
+REFERENCE_STAGES = ("corpus", "pretrain", "prompts", "answers", "kd", "finetune", "agreement", "tau", "bench",
+                    "export")
+DRAFTER_NAME = "smollm2-135m-instruct-drafter"
 
 OVERRIDES_ENV = "DRAFTALIGN_PROFILE_OVERRIDES"  # JSON object of Profile fields, read by the notebooks
 
@@ -127,7 +132,6 @@ class Profile:
     ref_answer_max_new_tokens: int = 256
     ref_shard: int = 2048  # prompts per answer shard (a shard is final once the pool has grown past it)
     ref_sampled_temperature: float = 0.7  # the second answer per prompt (the first is greedy)
-    ref_val_percent: int = 1  # prompts held out (by prompt) to choose between the losses
     ref_kd_shards: int | None = None  # answer shards (greedy + sampled) the loss comparison trains on (None: all)
     ref_finetune_steps: int = 0  # then: the best loss's draft trained on every answer (0: no such stage)
     ref_finetune_batch: int = 8
@@ -221,13 +225,13 @@ PROFILES["reference"] = Profile(
     name="reference", ch1_max_new_tokens=128,
     draft_hidden=192, draft_layers=6, draft_heads=3, draft_intermediate=768, draft_init="target",
     pretrain_corpus="docs", pretrain_block=512, pretrain_eval_blocks=64, pretrain_steps=1_728,
-    pretrain_batch=64, pretrain_lr=2e-3, pretrain_warmup=100,
+    pretrain_batch=64, pretrain_lr=2e-3, pretrain_warmup=86,
     eval_per_category=8, eval_max_new_tokens=128, eval_gamma=4,
     distill_topk=0, ref_self_instruct=24_000, ref_passages=2_000, ref_prompt_batch=2048,
     ref_answer_batch=1024, ref_answer_max_new_tokens=256, ref_bench_prompts=16, ref_bench_rounds=3,
     ref_kd_shards=1, ref_finetune_steps=2_560,
-    kd_data="reference", kd_target="online", kd_sub_vocab=None, kd_losses=("tvd++", "fkl"),
-    kd_steps=99, kd_batch=64, kd_lr=1e-3, kd_warmup=50, kd_max_length=512, kd_eval_per_category=8,
+    kd_data="reference", kd_target="online", kd_sub_vocab=None, kd_losses=("tvd++", "fkl"), kd_held_out_share=0.01,
+    kd_steps=99, kd_batch=64, kd_lr=1e-3, kd_warmup=4, kd_max_length=512, kd_eval_per_category=8,
 )
 
 
@@ -259,6 +263,38 @@ def overrides_from_env() -> dict:
         raise ValueError(f"${OVERRIDES_ENV} names no profile field: {', '.join(unknown)}"
                          + (" (the name follows from the profile)" if "name" in unknown else ""))
     return {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+
+
+def parse_override(item: str, profile: str = "reference") -> dict:
+    """``FIELD=VALUE`` (the command line's ``--set``) as ``{field: value}`` of the field's type
+    in ``profile`` (tuples comma-separated, ``none`` for None). Raises ``ValueError`` naming
+    the problem for an unknown field, ``name``, or a value of the wrong type."""
+    key, sep, raw = item.partition("=")
+    known = {f.name for f in fields(Profile)}
+    if not sep or key not in known or key == "name":
+        raise ValueError(f"{item!r}: want FIELD=VALUE with FIELD a profile field")
+    default = getattr(get_profile(profile), key)
+    if raw.lower() == "none":
+        return {key: None}
+    if default is None:
+        for kind in (int, float):
+            try:
+                return {key: kind(raw)}
+            except ValueError:
+                pass
+        return {key: raw}
+    if isinstance(default, bool):
+        return {key: raw.lower() in ("1", "true", "yes")}
+    if isinstance(default, tuple):
+        kind = type(default[0]) if default else str
+        return {key: tuple(kind(x) for x in raw.split(",") if x)}
+    for kind in (int, float):
+        if isinstance(default, kind):
+            try:
+                return {key: kind(raw)}
+            except ValueError:
+                raise ValueError(f"{item!r}: {key} takes a {kind.__name__}") from None
+    return {key: raw}
 
 
 def profile_for_run(name: str) -> Profile:

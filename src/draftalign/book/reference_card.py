@@ -1,7 +1,7 @@
 """The model card of the reference drafter, written from the run's own records.
 
 Reads the manifests, plans and measurements of a reference run
-(:class:`draftalign.reference.Run`); writes nothing (returns the card's Markdown).
+(:class:`draftalign.book.reference_run.Run`); writes nothing (returns the card's Markdown).
 Every number in the card comes from those files, so the card cannot drift from the run.
 """
 
@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .artifacts import read_manifest
-from .export import model_card
-from .profiles import DEFAULT_TARGET
+from ..artifacts import read_manifest
+from ..export import model_card
+from .. import DEFAULT_TARGET
+from .pipeline import answer_shard_rows
+from .reference_run import drafts
 
 __all__ = ["drafter_card", "recipe_table"]
 
@@ -53,14 +55,14 @@ def recipe_table(run) -> str:
     tau = (_read(root / "tau.json") or {}).get("entries", {})
     rows = ["| draft | recipe | answer tokens seen | training time | agreement eval / MT-Bench | "
             "tau gamma 4 eval / MT-Bench |", "|---|---|---|---|---|---|"]
-    for name, folder in run.drafts().items():
+    for name, folder in drafts(run).items():
         m = read_manifest(folder) or {}
         spec, inputs, results = m.get("spec", {}), m.get("inputs", {}), m.get("results", {})
         if name == "pretrained":
             recipe = (f"pretraining on the `{run.P.pretrain_corpus}` corpus, embeddings projected from the "
                       f"target's, {spec.get('train', {}).get('max_steps')} steps x "
                       f"{spec.get('train', {}).get('batch_size')} x {spec.get('block')} tokens")
-            seen = inputs.get("tokens_seen", 0)
+            seen = inputs.get("train_tokens_seen", inputs.get("tokens_seen", 0))
             where = "GPU"
         elif name == "finetuned":
             recipe = (f"the `{spec.get('base_name')}` draft, then answer cross-entropy on every answer "
@@ -90,7 +92,7 @@ def drafter_card(run, name: str) -> str:
     tau = _read(root / "tau.json") or {}
     benches = {p.name: _read(p) for p in sorted(root.glob("bench-*.json"))}
     n_params = pre.get("results", {}).get("parameters", 0)
-    answers = run.answer_rows()
+    answers = answer_shard_rows(P)
     tokens = sum(len(r["response_ids"]) for r in answers)
     greedy = sum(r["kind"] == "greedy" for r in answers)
     check = tau.get("engine_check", {})
@@ -119,12 +121,12 @@ def drafter_card(run, name: str) -> str:
         f"{100 * n_params / TARGET_PARAMETERS:.2f}% of the target's {TARGET_PARAMETERS:,} (the paper's drafter is "
         f"1.64% of its target). Weights in bf16.", "",
         "## How it was made", "",
-        "`make reference` (`python -m draftalign.reference`), stage by stage; the manifest beside this card "
+        "`make reference` (`draftalign reference`), stage by stage; the manifest beside this card "
         "records every stage's settings, inputs, results and hardware.", "",
         f"1. **Pretraining** (stage `pretrain`): the `{P.pretrain_corpus}` corpus (Python's and the installed "
         f"packages' docstrings, {corpus.get('results', {}).get('tokens', 0):,} tokens), embeddings started as "
         f"the target's projected onto their top {P.draft_hidden} singular directions; "
-        f"{pre.get('inputs', {}).get('tokens_seen', 0):,} tokens seen.",
+        f"{pre.get('inputs', {}).get('train_tokens_seen', pre.get('inputs', {}).get('tokens_seen', 0)):,} tokens seen.",
         f"2. **Distillation data** (stages `prompts`, `answers`): {prompts.get('results', {}).get('prompts', 0):,} "
         f"prompts (the book's 342 distillation prompts, {prompts.get('results', {}).get('passage', 0):,} passage "
         f"tasks, {prompts.get('results', {}).get('magpie', 0):,} Magpie prompts written by the target itself; "
@@ -143,9 +145,9 @@ def drafter_card(run, name: str) -> str:
         "tau gamma 4 eval / MT-Bench |",
         "\n".join(recipe_table(run).splitlines()[1:]), "",
         "## Block efficiency tau (greedy, fp32, tokens per target call)", "",
-        f"On the book's evaluation prompts (`data/prompts/eval.jsonl`, 72) and the MT-Bench first turns (80), "
+        f"On the book's evaluation prompts (the package's `prompts/eval.jsonl`, 72) and the MT-Bench first turns (80), "
         f"{P.eval_max_new_tokens} new tokens each, never trained on. Computed from the target's greedy answers "
-        f"and one pass of the draft (the blocks speculative decoding makes, `draftalign.analysis.replay_greedy`) "
+        f"and one pass of the draft (the blocks speculative decoding makes, `draftalign.replay.replay_greedy`) "
         f"and checked against the engine: " + "; ".join(
             f"{k}: engine tau {v['tau_engine']:.3f}, target calls {v['target_calls_engine']} (engine) vs "
             f"{v['target_calls_replay']} (replay), outputs equal to plain greedy {v['outputs_equal_plain_greedy']}"

@@ -15,7 +15,7 @@ import warnings
 import pandas as pd
 
 from .profiles import Profile, profile_for_run
-from .provenance import versions
+from ..provenance import versions
 
 __all__ = ["setup", "versions_table"]
 
