@@ -28,7 +28,8 @@ from .metrics import tvd_probs
 from .subvocab import SubVocabDraft
 from .train import Batches, TrainConfig, train
 
-__all__ = ["distill_examples", "expand_topk", "restrict_topk", "answer_logits", "kd_loss_fn", "distill", "answer_ce"]
+__all__ = ["distill_examples", "expand_topk", "restrict_topk", "answer_logits", "kd_loss_fn", "distill", "train_kd",
+           "answer_ce"]
 
 
 def distill_examples(dataset, *, max_length: int | None = None, topk: dict | None = None) -> list[dict]:
@@ -173,15 +174,26 @@ def distill(draft, target, dataset, out_dir, *, loss: str, cfg: TrainConfig, max
     (the held-out rows' cached top-k) the cached one: a held-out curve with many points
     without a target pass at each (its ``eval_tvd`` is then against the cached target).
     Checkpoints, resume and the final Hugging Face folder as in :func:`draftalign.train.train`."""
-    loss_fn = kd_loss_fn(target, loss, **(loss_options or {}))
     data = Batches(distill_examples(dataset, max_length=max_length, topk=topk), pad_id=pad_id, seed=cfg.seed)
+    return train_kd(draft, target, data, out_dir, loss=loss, cfg=cfg, max_length=max_length,
+                    eval_dataset=eval_dataset, eval_topk=eval_topk, loss_options=loss_options, pad_id=pad_id,
+                    resume=resume, stop_after=stop_after, progress=progress, desc=f"distilling ({loss})")
+
+
+def train_kd(draft, target, data, out_dir, *, loss: str, cfg: TrainConfig, max_length: int | None, eval_dataset,
+             eval_topk: dict | None, loss_options: dict | None, pad_id: int, resume: bool, stop_after: int | None,
+             progress: bool, desc: str) -> pd.DataFrame:
+    """Train ``draft`` on the batches ``data`` with the KD loss ``loss`` against a frozen
+    ``target``, with a held-out curve on ``eval_dataset``: what :func:`distill` (the target's
+    answers) and :func:`draftalign.onpolicy.distill_on_policy` (the draft's own) share."""
+    loss_fn = kd_loss_fn(target, loss, **(loss_options or {}))
     eval_data = None if eval_dataset is None else Batches(
         distill_examples(eval_dataset, max_length=max_length, topk=eval_topk), pad_id=pad_id)
     target.eval()
     for p in target.parameters():
         p.requires_grad_(False)
     return train(draft, data, cfg, out_dir, loss_fn=loss_fn, eval_data=eval_data, resume=resume,
-                 stop_after=stop_after, progress=progress, desc=f"distilling ({loss})")
+                 stop_after=stop_after, progress=progress, desc=desc)
 
 
 def answer_ce(draft, batch: dict) -> tuple[torch.Tensor, dict]:

@@ -19,9 +19,9 @@ import torch
 from transformers import DynamicCache
 
 from .chat import distill_example
-from .distill import distill_examples, kd_loss_fn
+from .distill import train_kd
 from .models import cache_kwargs, eos_ids
-from .train import Batches, TrainConfig, train
+from .train import Batches, TrainConfig
 
 __all__ = ["sample_answers", "OnPolicyBatches", "distill_on_policy"]
 
@@ -113,13 +113,8 @@ def distill_on_policy(draft, target, prompts: list[list[int]], out_dir, *, loss:
     resume and the final folder as in :func:`draftalign.distill.distill`."""
     if not prompts:
         raise ValueError("no prompts to answer")
-    loss_fn = kd_loss_fn(target, loss, **(loss_options or {}))
     data = OnPolicyBatches(prompts, draft, max_new_tokens=max_new_tokens, temperature=temperature,
                            max_length=max_length, pad_id=pad_id, seed=cfg.seed)
-    eval_data = None if eval_dataset is None else Batches(
-        distill_examples(eval_dataset, max_length=max_length, topk=eval_topk), pad_id=pad_id)
-    target.eval()
-    for p in target.parameters():
-        p.requires_grad_(False)
-    return train(draft, data, cfg, out_dir, loss_fn=loss_fn, eval_data=eval_data, resume=resume,
-                 stop_after=stop_after, progress=progress, desc=f"on-policy ({loss})")
+    return train_kd(draft, target, data, out_dir, loss=loss, cfg=cfg, max_length=max_length,
+                    eval_dataset=eval_dataset, eval_topk=eval_topk, loss_options=loss_options, pad_id=pad_id,
+                    resume=resume, stop_after=stop_after, progress=progress, desc=f"on-policy ({loss})")

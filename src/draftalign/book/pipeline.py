@@ -322,8 +322,9 @@ def _fine_tune(target, tokenizer, P: Profile, *, folder: Path, spec: dict, base_
     examples = Batches(distill_examples(train_rows, max_length=max_length, topk=topk),
                        pad_id=tokenizer.pad_token_id, seed=seed)
     cached_eval = topk if P.kd_eval_every is not None else None  # the held-out curve against the cached target
-    eval_data = Batches(distill_examples(eval_rows, max_length=max_length, topk=cached_eval),
-                        pad_id=tokenizer.pad_token_id) if len(eval_rows) else None
+    held = [r for r in eval_rows if len(r["prompt_ids"]) < max_length]  # rows with an answer left after the cut
+    eval_data = Batches(distill_examples(held, max_length=max_length, topk=cached_eval),
+                        pad_id=tokenizer.pad_token_id) if held else None
     for p in target.parameters():
         p.requires_grad_(False)
 

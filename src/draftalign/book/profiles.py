@@ -155,7 +155,8 @@ PROFILES: dict[str, Profile] = {
                   kd_variance_seeds=4,
                   ch5_per_category=1, ch5_max_new_tokens=12, ch5_gammas=(1, 2, 4), ch5_bench_gammas=(1, 4),
                   ch5_bench_prompts=1, ch5_bench_rounds=1, ch5_prefix_len=32, ch5_pass_ks=(1, 3, 5),
-                  ch5_pass_repeats=2, ch5_temperature_prompts=1, ch5_temperature_max_new_tokens=12),
+                  ch5_pass_repeats=2, ch5_temperature_prompts=1, ch5_temperature_max_new_tokens=12,
+                  report_max_new_tokens=16),
     # The cpu book starts from the reference drafter's pretraining stage (a GPU run on 56M
     # tokens of documentation; data/drafts/) instead of 15 minutes of CPU pretraining that
     # leaves tau near 1, and distils every loss from it with three training seeds: 100 steps
