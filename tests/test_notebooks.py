@@ -122,9 +122,9 @@ def _toc_files(node) -> list[str]:
 def test_every_notebook_in_toc():
     toc = yaml.safe_load((ROOT / "book" / "_toc.yml").read_text())
     files = set(_toc_files(toc)) | {toc["root"]}
-    missing = [nb.name for nb in NOTEBOOKS if f"executed/{nb.stem}" not in files]
+    missing = [nb.name for nb in NOTEBOOKS if f"notebooks/{nb.stem}" not in files]
     assert not missing, f"notebooks missing from book/_toc.yml: {missing}"
-    for entry in files - {f"executed/{nb.stem}" for nb in NOTEBOOKS}:
+    for entry in files - {f"notebooks/{nb.stem}" for nb in NOTEBOOKS}:
         assert list((ROOT / "book").glob(entry + ".*")), f"_toc.yml names {entry}, which does not exist"
 
 

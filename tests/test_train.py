@@ -155,6 +155,35 @@ def test_dtype_policy_on_the_cpu_and_refusal_of_16_bit_weights(tiny_llama, tmp_p
               tmp_path / "low", progress=False)
 
 
+def test_a_t4_computes_in_fp16_with_a_gradient_scaler(monkeypatch, tiny_llama, tmp_path):
+    """A T4 (compute capability 7.5) only emulates bf16, though torch.cuda.is_bf16_supported()
+    says True: the dtype policy must pick fp16 there, and training fp16 must scale its
+    gradients. An A100 (8.0) gets bf16 and no scaler."""
+    import draftalign.train as train_mod
+    from draftalign.models import half_dtype
+    from draftalign.train import autocast_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # what a T4 answers
+    for capability, want in (((7, 5), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *_, c=capability: c)
+        assert half_dtype("cuda") == want
+        assert autocast_dtype(TrainConfig(max_steps=1), torch.device("cuda")) == want
+    made = []
+
+    class Scaler(torch.amp.GradScaler):  # what train() builds, recorded
+        def __init__(self, device, enabled=True, **kw):
+            made.append(enabled)
+            super().__init__("cpu", enabled=enabled, **kw)
+
+    monkeypatch.setattr(train_mod.torch.amp, "GradScaler", Scaler)
+    data = Batches({"input_ids": torch.randint(0, 32, (8, 10))})
+    train(tiny_llama(vocab_size=32, seed=3), data, TrainConfig(max_steps=1, batch_size=4, autocast="fp16"),
+          tmp_path / "fp16", progress=False)
+    train(tiny_llama(vocab_size=32, seed=3), data, TrainConfig(max_steps=1, batch_size=4, autocast="bf16"),
+          tmp_path / "bf16", progress=False)
+    assert made == [True, False]
+
+
 def test_lr_schedule():
     cfg = TrainConfig(max_steps=110, lr=1e-3, warmup_steps=10, min_lr_ratio=0.1)
     warm = [lr_at(s, cfg) for s in range(10)]

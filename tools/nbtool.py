@@ -3,14 +3,21 @@
     from nbtool import write_notebook
     write_notebook("notebooks/01_x.ipynb", [("md", "# Title"), ("code", "x = 1", ["parameters"])])
 
-Also ``python tools/nbtool.py --strip notebooks/*.ipynb`` removes outputs in place.
+Also ``python tools/nbtool.py --strip notebooks/*.ipynb`` removes outputs in place, and
+``python tools/nbtool.py --sync-repository`` writes the repository's address (``repository.url``
+in ``book/_config.yml``, the one place it is set) into every chapter's Colab badge and install
+cell and into the README.
 """
 
 from __future__ import annotations
 
+import re
 import sys
+from pathlib import Path
 
 import nbformat
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_notebook(path: str, cells: list[tuple]) -> None:
@@ -38,7 +45,38 @@ def strip(path: str) -> None:
     nbformat.write(nb, path)
 
 
+def repository_url(root: Path = ROOT) -> str:
+    """``repository.url`` of ``book/_config.yml``."""
+    import yaml
+
+    return yaml.safe_load((root / "book" / "_config.yml").read_text())["repository"]["url"].rstrip("/")
+
+
+def repository_places(text: str) -> list[str]:
+    """Every GitHub repository address written in ``text`` (badges, clone commands, links)."""
+    return re.findall(r"https://(?:colab\.research\.google\.com/)?github(?:\.com)?/([\w.-]+/[\w.-]+?)(?:\.git)?(?=[/\"'\s)]|$)",
+                      text)
+
+
+def sync_repository(root: Path = ROOT) -> list[Path]:
+    """Write :func:`repository_url` wherever a chapter or the README names the repository."""
+    url = repository_url(root)
+    slug = url.removeprefix("https://github.com/")
+    changed = []
+    for path in sorted((root / "notebooks").glob("*.ipynb")) + [root / "README.md"]:
+        text = path.read_text(encoding="utf-8")
+        new = re.sub(r"(https://(?:colab\.research\.google\.com/)?github(?:\.com)?/)[\w.-]+/[\w.-]+?(?=/blob/|\"|'|\s|\)|$)",
+                     lambda m: m.group(1) + slug, text)
+        if new != text:
+            path.write_text(new, encoding="utf-8")
+            changed.append(path)
+    return changed
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--strip"]:
         for p in sys.argv[2:]:
             strip(p)
+    elif sys.argv[1:2] == ["--sync-repository"]:
+        for p in sync_repository():
+            print(f"updated {p.relative_to(ROOT)}")

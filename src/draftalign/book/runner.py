@@ -3,8 +3,8 @@
     draftalign book --profile cpu [--only 01] [--build]     (or python -m draftalign.book ...)
 
 Reads ``notebooks/*.ipynb`` (in name order) from the project folder; writes executed
-copies to ``book/executed/`` (git-ignored; the Jupyter Book renders these, it never
-executes anything itself) and a timing record ``book/executed/timings-<profile>.json``.
+copies to ``book/notebooks/`` (git-ignored; the Jupyter Book renders these, it never
+executes anything itself) and a timing record ``book/notebooks/timings-<profile>.json``.
 Stops at the first failing cell with the notebook, the cell and the error. Each executed
 copy is tidied for reading (:func:`tidy_executed`: progress bars dropped, the parameters
 and install cells collapsed). ``--build`` then renders the HTML with Jupyter Book
@@ -25,6 +25,9 @@ from pathlib import Path
 from .profiles import PROFILES, repo_root
 
 __all__ = ["notebooks", "run_notebooks", "build_html", "source_digest", "tidy_executed"]
+
+
+COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
 
 
 def source_digest(path: Path) -> str:
@@ -61,6 +64,8 @@ def tidy_executed(path: Path) -> Path:
 
     nb = nbformat.read(str(path), as_version=4)
     for cell in nb.cells:
+        if cell.cell_type == "markdown":  # the badge's image from the book itself: it renders offline
+            cell.source = cell.source.replace(COLAB_BADGE, "../_assets/colab-badge.svg")
         if cell.cell_type != "code":
             continue
         tags = cell.metadata.get("tags", [])
@@ -78,6 +83,10 @@ def tidy_executed(path: Path) -> Path:
                     continue
             outputs.append(out)
         cell["outputs"] = outputs
+    paths = nb.metadata.get("papermill", {})
+    for key in ("input_path", "output_path"):  # where this machine keeps the project: nobody's business
+        if paths.get(key):
+            paths[key] = Path(paths[key]).name
     nbformat.write(nb, str(path))
     return path
 
@@ -104,7 +113,7 @@ def run_notebooks(profile: str, *, root: Path | None = None, only: list[str] | N
     if profile not in PROFILES:
         raise SystemExit(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
     root = root or repo_root()
-    out_dir = out_dir or root / "book" / "executed"
+    out_dir = out_dir or root / "book" / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = notebooks(root, only)
     if not todo:

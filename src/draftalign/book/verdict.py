@@ -14,7 +14,7 @@ import time
 from ..acceptance import target_answers
 from ..artifacts import clear_finished, is_complete, read_json, write_json, write_manifest
 from ..data import load_prompts, pick_prompts
-from ..models import target_id
+from ..models import target_identity
 from .pipeline import kd_split
 from .profiles import Profile, runs_dir
 
@@ -37,7 +37,7 @@ def report_answers(target, tokenizer, P: Profile, name: str, prompts: list[dict]
     and reused while the target, prompts and settings are the same."""
     folder = runs_dir(P) / f"answers-{name}"
     texts = [p["prompt"] for p in prompts]
-    spec = {"stage": "report-answers", "target": target_id(target), "dtype": str(next(target.parameters()).dtype),
+    spec = {"stage": "report-answers", "target": target_identity(target), "dtype": str(next(target.parameters()).dtype),
             "prompts_sha256": hashlib.sha256("\0".join(texts).encode("utf-8")).hexdigest(),
             "temperatures": list(P.report_temperatures), "max_new_tokens": P.report_max_new_tokens, "seeds": [P.seed]}
     path = folder / "answers.json"
