@@ -15,7 +15,7 @@ import torch
 
 from draftalign.distill import answer_logits, distill, distill_examples, expand_topk, kd_loss_fn
 from draftalign.distill_measures import token_budget
-from draftalign.losses import textbook_fkl, textbook_rkl, textbook_tvd, tvd
+from draftalign.losses import textbook_fkl, textbook_rkl, textbook_tvd
 from draftalign.train import Batches, TrainConfig
 
 V = 32

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import draftalign.losses as L
-from draftalign.losses import (LOSSES, fkl, get_loss, jsd, rkl, textbook_fkl, textbook_rkl, textbook_tvd, tvd,
+from draftalign.losses import (LOSSES, fkl, get_loss, jsd, rkl, textbook_tvd, tvd,
                                tvdpp)
 
 ALL = sorted(LOSSES)

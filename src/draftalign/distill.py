@@ -115,7 +115,9 @@ def answer_logits(model, ids, attention_mask, positions) -> torch.Tensor:
     output layer applied to the last hidden state (e.g. with logit soft-capping) take the
     full forward pass instead.
     """
-    if getattr(model.config, "final_logit_softcapping", None):
+    inner = getattr(model, "module", model)  # the model inside a DDP or FSDP wrapper
+    if inner is not model or getattr(inner.config, "final_logit_softcapping", None):
+        # through the wrapper's own forward (it synchronises the gradients there): every position
         return model(input_ids=ids, attention_mask=attention_mask).logits[:, :-1][positions][None]
     hidden = model.base_model(input_ids=ids, attention_mask=attention_mask).last_hidden_state  # [B, T, d]
     return model.get_output_embeddings()(hidden[:, :-1][positions])[None]
@@ -137,6 +139,9 @@ def kd_loss_fn(target, loss: str, **options):
     closed_form = loss in CACHED_LOSSES and options.get("estimator", "exact") == "exact"
 
     def loss_fn(draft, batch):
+        if isinstance(getattr(draft, "module", None), SubVocabDraft):
+            raise NotImplementedError("a sub-vocabulary draft trains on one process; use a full-vocabulary "
+                                      "draft with several")
         if isinstance(draft, SubVocabDraft):
             return _sub_vocab_loss(fn, target, draft, batch, options)
         ids, attn = batch["input_ids"], batch.get("attention_mask")

@@ -30,6 +30,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 __all__ = [
     "DEFAULT_TARGET",
     "load_target",
+    "load_tokenizer",
     "count_parameters",
     "size_ratio",
     "check_compatible",
@@ -136,6 +137,21 @@ def load_target(name: str = DEFAULT_TARGET, *, device=None, dtype=None):
         except Exception as exc:
             errors.append(f"offline copy failed: {type(exc).__name__}: {_first_line(exc)}")
     raise RuntimeError(f"could not load target {name!r}:\n  " + "\n  ".join(errors))
+
+
+def load_tokenizer(name: str = DEFAULT_TARGET):
+    """The target's tokenizer alone (its chat template too), for work that sends the
+    target's prompts elsewhere (a serving engine): from a folder, the hub, or for the
+    embedded default with no hub, from the offline copy."""
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return AutoTokenizer.from_pretrained(local)
+    try:
+        return AutoTokenizer.from_pretrained(name, local_files_only=not hub_reachable())
+    except Exception:
+        if name != DEFAULT_TARGET:
+            raise
+        return AutoTokenizer.from_pretrained(offline_target_folder())
 
 
 def target_id(model) -> str:

@@ -28,6 +28,8 @@ import pandas as pd
 import torch
 from tqdm.std import tqdm
 
+from .distributed import for_run
+
 __all__ = ["TrainConfig", "Batches", "train", "lm_loss", "lr_at", "held_out_stats", "history_of", "steps_for_budget",
            "autocast_dtype"]
 
@@ -288,21 +290,25 @@ def train(model, data: Batches, cfg: TrainConfig, out_dir, *, loss_fn: Callable 
     sessions; ``deadline`` (a ``time.time()`` value) does the same once that time has
     passed. When ``max_steps`` is reached the model is saved to ``out_dir`` with
     ``save_pretrained`` and the checkpoint is kept for inspection.
+
+    Under ``accelerate launch`` with several processes (:mod:`draftalign.distributed`) the
+    same call trains data-parallel: ``cfg.batch_size`` is the global batch, split over the
+    processes, and the steps, losses and checkpoints are those of one process with that batch.
     """
     out_dir = Path(out_dir)
     ckpt = out_dir / "checkpoint"
-    device = next(model.parameters()).device
     low = sorted({str(p.dtype) for p in model.parameters() if p.requires_grad and p.dtype != torch.float32})
     if low:
         raise ValueError(f"the model's trainable weights are {', '.join(low)}: train fp32 master weights "
                          f"(model.float()); 16-bit compute comes from autocast (TrainConfig.autocast)")
+    dist = for_run()  # one process, or several under `accelerate launch` (draftalign.distributed)
+    if dist.world > 1:
+        if type(data).batch is not Batches.batch:
+            raise NotImplementedError(f"{type(data).__name__} draws its batches itself: it trains on one process")
+        model.to(dist.device)
+    device = next(model.parameters()).device
     # fp16 needs its gradients scaled (they underflow otherwise); bf16 and fp32 do not
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(cfg, device) == torch.float16)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg) / cfg.lr)
     step, history = 0, []
     # loaded to the CPU first: the RNG states must stay CPU tensors; load_state_dict moves
     # the weights and the optimizer's moments to the model's device
@@ -315,6 +321,13 @@ def train(model, data: Batches, cfg: TrainConfig, out_dir, *, loss_fn: Callable 
             raise SettingsMismatch(f"{ckpt} was written with another config; delete it or pass resume=False\n"
                                    f"  checkpoint: {state['config']}\n  now:        {asdict(cfg)}", ckpt)
         model.load_state_dict(state["model"])
+    wrapped = dist.wrap(model)  # the model itself on one process
+    decay = [p for n, p in wrapped.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in wrapped.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg) / cfg.lr)
+    if loaded is not None:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         if state.get("scaler"):
@@ -323,26 +336,32 @@ def train(model, data: Batches, cfg: TrainConfig, out_dir, *, loss_fn: Callable 
         _set_rng_state(state["rng"])
     else:
         torch.manual_seed(cfg.seed)
-    model.train()
+    wrapped.train()
     end = cfg.max_steps if stop_after is None else min(cfg.max_steps, step + stop_after)
     # at most ~20 updates: in an executed notebook every update is a line of output. An
     # infinite maxinterval stops tqdm's monitor thread from dropping miniters to 1 after a
     # slow step (an evaluation), which would print a line every mininterval from then on.
-    bar = tqdm(total=cfg.max_steps, initial=step, desc=desc, disable=not progress, mininterval=2,
+    bar = tqdm(total=cfg.max_steps, initial=step, desc=desc, disable=not progress or not dist.is_main, mininterval=2,
                miniters=max(1, cfg.max_steps // 20), maxinterval=float("inf"))
     examples_per_step = cfg.batch_size * cfg.grad_accum
     while step < end:
         start = time.perf_counter()
         totals: dict[str, float] = {}
         for micro in range(cfg.grad_accum):
-            batch = _to(data.batch(step * examples_per_step + micro * cfg.batch_size, cfg.batch_size), device)
-            with _autocast(cfg, device):
-                loss, stats = loss_fn(model, batch)
-            scaler.scale(loss / cfg.grad_accum).backward()
-            for k, v in {"loss": float(loss.detach()), **stats}.items():
+            position = step * examples_per_step + micro * cfg.batch_size
+            raw = data.batch(position, cfg.batch_size) if dist.world == 1 else \
+                data.get(dist.indices(data.indices(position, cfg.batch_size)))  # this process's share
+            batch = _to(raw, device)
+            positions = batch["loss_mask"][:, 1:].sum()  # what the loss is a mean over
+            with dist.no_sync(wrapped, last=micro == cfg.grad_accum - 1):
+                with _autocast(cfg, device):
+                    loss, stats = loss_fn(wrapped, batch)
+                scaler.scale(dist.weight(loss, positions) / cfg.grad_accum).backward()
+            stats = dist.reduce_stats({"loss": float(loss.detach()), **stats}, float(positions))
+            for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + (v if k == "tokens" else v / cfg.grad_accum)
         scaler.unscale_(opt)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        grad_norm = dist.clip(wrapped, cfg.grad_clip)
         row = {"step": step + 1, "lr": sched.get_last_lr()[0], **totals, "grad_norm": float(grad_norm)}
         scaler.step(opt)
         scaler.update()
@@ -352,21 +371,24 @@ def train(model, data: Batches, cfg: TrainConfig, out_dir, *, loss_fn: Callable 
         row["seconds"] = time.perf_counter() - start
         row["tokens_per_s"] = totals.get("tokens", 0.0) / row["seconds"]
         if eval_data is not None and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-            row.update(held_out_stats(model, eval_data, loss_fn, cfg))
+            row.update(held_out_stats(wrapped, eval_data, loss_fn, cfg))
         history.append(row)
         bar.update()
         bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
-        late = deadline is not None and time.time() > deadline and step < end
+        late = dist.any(deadline is not None and time.time() > deadline and step < end)
         if step % cfg.checkpoint_every == 0 or step == end or late:
-            _save_checkpoint(ckpt, model, opt, sched, step, history, cfg, scaler)
+            if dist.is_main:
+                _save_checkpoint(ckpt, model, opt, sched, step, history, cfg, scaler)
+            dist.barrier()
         if late:
             break
     bar.close()
     model.eval()
-    if step >= cfg.max_steps:
+    if step >= cfg.max_steps and dist.is_main:
         model.save_pretrained(out_dir)
         (out_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
         pd.DataFrame(history).to_csv(out_dir / "history.csv", index=False)
+    dist.barrier()
     return pd.DataFrame(history)
 
 

@@ -69,6 +69,13 @@ def add_generate(p):
     p.add_argument("--batch-size", type=A.positive(int), default=D["generate_batch"])
     p.add_argument("--topk", type=int, default=D["topk"], help="keep the target's top-k per answer token")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--server", default=None, metavar="URL",
+                   help="take the answers from a serving engine (vLLM, SGLang, llama-server) at URL instead of "
+                        "running the target here; --target then names its tokenizer and chat template")
+    p.add_argument("--engine", choices=["auto", "openai", "llama.cpp"], default="auto",
+                   help="the server's API (default: ask it)")
+    p.add_argument("--served-model", default=None, help="the OpenAI API's model name (default: the server's first)")
+    p.add_argument("--concurrency", type=A.positive(int), default=8, help="requests in flight (with --server)")
 
 
 def add_distill(p):
@@ -140,6 +147,13 @@ def _load(args):
     return load_target(args.target, dtype=args.dtype)
 
 
+def _first_process() -> bool:
+    """Whether this is the only process, or the first of several under ``accelerate launch``."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _prompt_rows(spec, limit=None) -> list[dict]:
     from ..data import load_prompts
 
@@ -168,8 +182,9 @@ def cmd_pretrain(args):
     cfg = TrainConfig.for_steps(args.steps, batch_size=args.batch, lr=args.lr, warmup=100, evals=8, checkpoints=8)
     history = train(draft, Batches({"input_ids": blocks[:-held]}), cfg, args.out,
                     eval_data=Batches({"input_ids": blocks[-held:]}), desc="pretraining")
-    tokenizer.save_pretrained(args.out)
-    print(f"pretrained draft in {args.out}; held-out loss {history.eval_loss.dropna().iloc[-1]:.3f}")
+    if _first_process():  # under `accelerate launch`, the other processes only train
+        tokenizer.save_pretrained(args.out)
+        print(f"pretrained draft in {args.out}; held-out loss {history.eval_loss.dropna().iloc[-1]:.3f}")
 
 
 def cmd_generate(args):
@@ -180,16 +195,27 @@ def cmd_generate(args):
     from ..provenance import versions
 
     rows = _prompt_rows(args.prompts) * args.samples
-    target, tokenizer = _load(args)
+    kw = dict(categories=[r["category"] for r in rows], max_new_tokens=args.max_new_tokens,
+              temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size, seed=args.seed,
+              topk=args.topk)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "provenance.json", {
-        "command": "draftalign " + " ".join(sys.argv[1:]), "model": getattr(target, "draftalign_source", args.target),
-        "dtype": str(target.dtype), "prompts": str(args.prompts), "samples_per_prompt": args.samples,
-        "versions": versions()})
-    out = generate_distillation_rows(target, tokenizer, [r["prompt"] for r in rows], args.out,
-                                     categories=[r["category"] for r in rows], max_new_tokens=args.max_new_tokens,
-                                     temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size,
-                                     seed=args.seed, topk=args.topk)
+    record = {"command": "draftalign " + " ".join(sys.argv[1:]), "prompts": str(args.prompts),
+              "samples_per_prompt": args.samples, "versions": versions()}
+    if args.server:
+        from ..models import load_tokenizer
+        from ..serving import Server, generate_from_server
+
+        server = Server(args.server, engine=args.engine, model=args.served_model)
+        tokenizer = load_tokenizer(args.target)
+        write_json(args.out / "provenance.json", {**record, "model": f"server {server.url} ({server.engine}, "
+                                                  f"{server.model or 'llama-server'})", "tokenizer": args.target})
+        out = generate_from_server(server, tokenizer, [r["prompt"] for r in rows], args.out,
+                                   concurrency=args.concurrency, **kw)
+    else:
+        target, tokenizer = _load(args)
+        write_json(args.out / "provenance.json", {**record, "model": getattr(target, "draftalign_source", args.target),
+                                                  "dtype": str(target.dtype)})
+        out = generate_distillation_rows(target, tokenizer, [r["prompt"] for r in rows], args.out, **kw)
     print(f"{len(out)} answers, {sum(len(r['response_ids']) for r in out)} tokens in {args.out}")
 
 
@@ -211,8 +237,9 @@ def cmd_distill(args):
     cfg = TrainConfig.for_steps(args.steps, batch_size=args.batch, lr=args.lr, warmup=50, evals=1, checkpoints=5)
     history = distill(draft, target, rows, args.out, loss=args.loss, cfg=cfg, max_length=args.max_length,
                       pad_id=pad_id(tokenizer), topk=topk)
-    tokenizer.save_pretrained(args.out)
-    print(f"distilled draft in {args.out}; last training top-1 {history.top1.iloc[-1]:.3f}")
+    if _first_process():
+        tokenizer.save_pretrained(args.out)
+        print(f"distilled draft in {args.out}; last training top-1 {history.top1.iloc[-1]:.3f}")
 
 
 def cmd_evaluate(args):
