@@ -140,7 +140,7 @@ def _set(key, value):
 
 
 @pytest.mark.parametrize("change,broken,match", [
-    (dict(config=_set("vocab_size", 4872)), {"transformers", "vllm"}, "vocab_size 4872"),
+    (dict(config=_set("vocab_size", 4872)), {"transformers", "vllm", "llama_cpp"}, "vocab_size 4872"),
     (dict(config=_set("max_position_embeddings", 32)), {"transformers", "vllm", "llama_cpp"}, "context"),
     (dict(config=_set("model_type", "mamba")), {"transformers", "llama_cpp"}, "stateful"),
     (dict(config=_set("architectures", ["FancyNewForCausalLM"])), {"vllm"}, "FancyNewForCausalLM"),
@@ -172,9 +172,10 @@ def test_llama_cpp_vocabulary_rules(pair, tmp_path):
     def retype(d):
         d["model"]["type"] = "Unigram"
 
-    for change, match in ((retext, "token texts differ"), (shrink, "differ by"), (retype, "vocabulary type")):
-        report = compatibility_report(pair[0], _broken(pair, tmp_path / match.replace(" ", "_"),
-                                                        tokenizer_json=change))
+    # a tokenizer 200 tokens short of vocab_size: the GGUF pads its table to vocab_size, so the
+    # counts agree and the padded ids' texts do not
+    for change, match in ((retext, "token texts differ"), (shrink, "token texts differ"), (retype, "vocabulary type")):
+        report = compatibility_report(pair[0], _broken(pair, tmp_path / change.__name__, tokenizer_json=change))
         assert not report["llama_cpp"]["ok"] and report["transformers"]["ok"] and report["vllm"]["ok"]
         assert any(match in r for r in report["llama_cpp"]["reasons"]), report["llama_cpp"]["reasons"]
     # the first five ids are not compared (llama.cpp skips its special tokens there)
@@ -194,6 +195,9 @@ def test_a_sub_vocabulary_folder_fails_where_users_hit_it(tiny_llama, tokenizer,
     tokenizer.save_pretrained(tmp_path / "internal")
     report = compatibility_report(pair[0], tmp_path / "internal")
     assert not report["transformers"]["ok"] and not report["vllm"]["ok"]
+    # llama.cpp too: its GGUF would hold 501 tokens (one per embedding row) against the target's
+    # 49,152, though the full tokenizer sits beside it
+    assert not report["llama_cpp"]["ok"] and any("differ by" in r for r in report["llama_cpp"]["reasons"])
     exported = export_draft(sub, tmp_path / "exported", tokenizer=tokenizer)
     assert all(r["ok"] for r in compatibility_report(pair[0], exported).values())
 
@@ -216,6 +220,42 @@ def test_gguf_export_reads_back_with_transformers_loader(tiny_llama, tokenizer, 
     text = "Write a haiku about rain, please."
     assert tok(text)["input_ids"] == tokenizer(text)["input_ids"]
     assert (tok.eos_token_id, tok.bos_token_id) == (2, 1)
+
+
+@pytest.mark.parametrize("kind,worst", [("f16", 1e-3), ("q8_0", 1 / 200), ("q4_0", 1 / 6)])
+def test_gguf_types_read_back_within_their_precision(tiny_llama, tokenizer, tmp_path, kind, worst):
+    """Each weight type the export writes reads back (gguf's reader dequantizes it) within its
+    precision: per block of 32 weights, an error below ``worst`` of the block's largest
+    magnitude (f16: relative); transformers' GGUF loader takes each file, and its logits follow
+    the full-precision draft's (a random tiny model's argmax flips at its many near-ties, so the
+    logits are compared, not the argmax)."""
+    from draftalign.export import export_gguf
+    from draftalign.gguf_export import read_gguf_weights
+
+    draft = tiny_llama(vocab_size=VOCAB, hidden_size=64, num_layers=1, num_heads=2, init_std=0.3,
+                       tie_embeddings=True, eos_token_id=2)
+    folder = export_draft(draft, tmp_path / "d", tokenizer=tokenizer)
+    from gguf import GGUFReader
+
+    sizes = {t: sum(int(x.n_bytes) for x in GGUFReader(str(export_gguf(folder, tmp_path / f"d-{t}.gguf",
+                                                                        dtype=t))).tensors) for t in ("f32", kind)}
+    assert sizes[kind] < (0.55 if kind == "f16" else 0.3 if kind == "q8_0" else 0.2) * sizes["f32"]  # the weights' bytes
+    got = read_gguf_weights(tmp_path / f"d-{kind}.gguf")
+    for name, ref in (("token_embd.weight", draft.model.embed_tokens.weight),
+                      ("blk.0.ffn_down.weight", draft.model.layers[0].mlp.down_proj.weight)):
+        ref = ref.detach().float().numpy()
+        err = np.abs(got[name] - ref).reshape(-1, 32)
+        scale = np.abs(ref).reshape(-1, 32).max(1, keepdims=True)
+        if kind == "f16":
+            assert (np.abs(got[name] - ref) <= worst * np.abs(ref) + 1e-7).all(), name
+        else:
+            assert (err <= worst * scale + 1e-7).all(), (name, float((err / scale).max()))
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=f"d-{kind}.gguf", dtype=torch.float32).eval()
+    ids = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = draft(input_ids=ids).logits.flatten(), loaded(input_ids=ids).logits.flatten()
+    corr = float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+    assert corr > (0.999 if kind == "f16" else 0.99 if kind == "q8_0" else 0.9), corr
 
 
 def test_gguf_export_of_a_sub_vocabulary_draft_keeps_every_tensor(tiny_llama, tokenizer, tmp_path):

@@ -83,7 +83,9 @@ def compatibility_report(target_path, draft_path) -> dict:
       this check knows).
     - **llama.cpp** (``common/speculative.cpp``, ``common_speculative_are_compatible``):
       the same vocabulary type; the same BOS/EOS ids (and add-BOS/add-EOS flags); token
-      counts within 128 (``SPEC_VOCAB_MAX_SIZE_DIFFERENCE``); the same text for every token
+      counts within 128 (``SPEC_VOCAB_MAX_SIZE_DIFFERENCE``; a GGUF has one token per row of
+      the model's embedding, so the count is the config's ``vocab_size``, whatever the
+      tokenizer beside it holds); the same text for every token
       id from 5 (``SPEC_VOCAB_CHECK_START_TOKEN_ID``) up to the smaller count; and a model
       type its converter handles (:data:`LLAMA_CPP_MODEL_TYPES`).
     - **all three**: the draft's context (``max_position_embeddings``) must cover the
@@ -134,12 +136,17 @@ def compatibility_report(target_path, draft_path) -> dict:
     else:
         if ttype != dtype:
             fail(["llama_cpp"], f"vocabulary type {dtype!r} differs from the target's {ttype!r}")
-        diff = abs(len(ttable) - len(dtable))
+        # a GGUF holds one token per row of the model's embedding (the converter pads or cuts the
+        # tokenizer's table to vocab_size): that count is what llama.cpp compares, not the table's
+        tcount, dcount = tv or len(ttable), dv or len(dtable)
+        diff = abs(tcount - dcount)
         if diff > SPEC_VOCAB_MAX_SIZE_DIFFERENCE:
-            fail(["llama_cpp"], f"token counts {len(dtable)} and {len(ttable)} differ by {diff}, more than "
-                                f"{SPEC_VOCAB_MAX_SIZE_DIFFERENCE}")
-        upto = min(len(ttable), len(dtable))
-        bad = [i for i in range(SPEC_VOCAB_CHECK_START_TOKEN_ID, upto) if ttable.get(i) != dtable.get(i)]
+            fail(["llama_cpp"], f"token counts {dcount} and {tcount} (the models' vocab_size) differ by {diff}, "
+                                f"more than {SPEC_VOCAB_MAX_SIZE_DIFFERENCE}")
+        upto = min(tcount, dcount)
+        # ids the tokenizer lacks are padding tokens in the GGUF (their text says so)
+        bad = [i for i in range(SPEC_VOCAB_CHECK_START_TOKEN_ID, upto)
+               if ttable.get(i, f"[PAD{i}]") != dtable.get(i, f"[PAD{i}]")]
         if bad:
             fail(["llama_cpp"], f"{len(bad)} token texts differ from the target's (first: id {bad[0]}, "
                                 f"{dtable.get(bad[0])!r} against {ttable.get(bad[0])!r})")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["export_gguf"]
+__all__ = ["GGUF_TYPES", "export_gguf", "read_gguf_weights"]
 
 # Hugging Face weight name (after "model.layers.N.") -> GGUF tensor name (after "blk.N.")
 _LAYER_NAMES = {
@@ -55,18 +55,25 @@ def _state(folder: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0")  # what export_gguf writes the weight matrices as
+
+
 def export_gguf(folder, out_file, *, dtype: str = "f32", tokenizer_pre: str = "default") -> Path:
     """Write the Llama draft in ``folder`` to ``out_file`` (GGUF); returns the path.
 
-    ``dtype``: ``"f32"`` or ``"f16"`` for the weight matrices (norms and biases stay fp32).
-    ``tokenizer_pre``: llama.cpp's name for the tokenizer's pre-tokenizer (``"smollm"`` for
-    the SmolLM2 family; llama.cpp warns and falls back on ``"default"`` otherwise).
+    ``dtype``: the weight matrices' type, one of :data:`GGUF_TYPES`: ``"f32"``, ``"f16"``, or
+    llama.cpp's block quantizations ``"q8_0"`` (8-bit, one scale per 32 weights: a quarter of
+    f32's bytes) and ``"q4_0"`` (4-bit: an eighth), written with the ``gguf`` package's own
+    quantizer; a matrix whose rows do not split into blocks of 32 stays f16. Norms and biases
+    stay fp32, as in llama.cpp's own files. ``tokenizer_pre``: llama.cpp's name for the
+    tokenizer's pre-tokenizer (``"smollm"`` for the SmolLM2 family; llama.cpp warns and falls
+    back on ``"default"`` otherwise).
     """
     import gguf
 
     folder, out_file = Path(folder), Path(out_file)
-    if dtype not in ("f32", "f16"):
-        raise ValueError(f"dtype must be 'f32' or 'f16', got {dtype!r}")
+    if dtype not in GGUF_TYPES:
+        raise ValueError(f"dtype must be one of {GGUF_TYPES}, got {dtype!r}")
     config = json.loads((folder / "config.json").read_text())
     if config.get("model_type") not in ("llama", "mistral"):
         raise NotImplementedError(f"GGUF export is written for Llama-architecture drafts, not "
@@ -100,7 +107,8 @@ def export_gguf(folder, out_file, *, dtype: str = "f32", tokenizer_pre: str = "d
     writer.add_rope_freq_base(float(theta))
     writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
     writer.add_vocab_size(config["vocab_size"])
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
+    writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                          "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[dtype])
 
     # the vocabulary: every id up to vocab_size (padding slots, if any, as unused tokens)
     table = {int(i): t for t, i in tok["model"]["vocab"].items()}
@@ -141,10 +149,14 @@ def export_gguf(folder, out_file, *, dtype: str = "f32", tokenizer_pre: str = "d
     tied = config.get("tie_word_embeddings", False) or "lm_head.weight" not in state
 
     def put(name, tensor, matrix=True):
-        arr = tensor.float().numpy()
-        if matrix and dtype == "f16":
+        arr = np.ascontiguousarray(tensor.float().numpy())
+        if matrix and dtype in ("q8_0", "q4_0") and arr.shape[-1] % 32 == 0:
+            qtype = gguf.GGMLQuantizationType.Q8_0 if dtype == "q8_0" else gguf.GGMLQuantizationType.Q4_0
+            writer.add_tensor(name, gguf.quants.quantize(arr, qtype), raw_dtype=qtype)  # shape: the bytes
+            return
+        if matrix and dtype != "f32":
             arr = arr.astype(np.float16)
-        writer.add_tensor(name, np.ascontiguousarray(arr))
+        writer.add_tensor(name, arr)
 
     put("token_embd.weight", state["model.embed_tokens.weight"])
     put("output_norm.weight", state["model.norm.weight"], matrix=False)
@@ -171,3 +183,17 @@ def export_gguf(folder, out_file, *, dtype: str = "f32", tokenizer_pre: str = "d
     writer.write_tensors_to_file()
     writer.close()
     return out_file
+
+
+def read_gguf_weights(path) -> dict[str, np.ndarray]:
+    """Every tensor of a GGUF file dequantized to fp32 (``gguf``'s reader), by GGUF name, in
+    the shapes of the Hugging Face weights (rows first)."""
+    import gguf
+    from gguf import quants
+
+    reader = gguf.GGUFReader(str(path))
+    out = {}
+    for t in reader.tensors:
+        data = quants.dequantize(np.asarray(t.data), t.tensor_type)
+        out[t.name] = np.asarray(data, dtype=np.float32).reshape(tuple(reversed([int(n) for n in t.shape])))
+    return out

@@ -103,6 +103,8 @@ def add_export(p):
     p.add_argument("--draft", type=A.model_folder, required=True)
     p.add_argument("--out", type=A.new_folder, required=True)
     p.add_argument("--gguf", type=Path, default=None, help="also write this .gguf file for llama.cpp")
+    p.add_argument("--gguf-type", choices=["f32", "f16", "q8_0", "q4_0"], default="f32",
+                   help="the GGUF's weight type: q8_0 is a quarter of f32's bytes, q4_0 an eighth")
     p.add_argument("--bf16", action="store_true", help="store the weights in bf16")
 
 
@@ -265,7 +267,7 @@ def cmd_export(args):
     print(f"exported {folder}")
     if args.gguf:
         pre = "smollm" if "smollm" in str(args.target).lower() else "default"
-        print(f"wrote {export_gguf(folder, args.gguf, tokenizer_pre=pre)}")
+        print(f"wrote {export_gguf(folder, args.gguf, dtype=args.gguf_type, tokenizer_pre=pre)}")
 
 
 def cmd_check(args):
