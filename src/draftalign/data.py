@@ -20,7 +20,7 @@ from .corpus import pack_blocks, pretraining_texts, stdlib_docstrings, web_texts
 from .models import hub_reachable
 
 __all__ = ["CATEGORIES", "SPLITS", "load_prompts", "load_hub_prompts", "self_instruct_prompts", "self_instruct_round",
-           "keep_self_instruct", "held_out_split", "pick_prompts",
+           "keep_self_instruct", "held_out_split", "pick_prompts", "first_per_category",
            "pack_blocks", "pretraining_texts", "stdlib_docstrings", "web_texts", "prompts_dir"]
 
 CATEGORIES = ("open_qa", "creative_writing", "brainstorming", "summarization", "rewriting",
@@ -63,15 +63,18 @@ def load_prompts(split: str = "distill", *, categories=None, limit_per_category:
         if unknown:
             raise ValueError(f"unknown categories {sorted(unknown)} for split {split!r}; known: {known}")
         rows = [r for r in rows if r["category"] in set(categories)]
-    if limit_per_category is not None:
-        seen: dict[str, int] = {}
-        kept = []
-        for r in rows:
-            if seen.get(r["category"], 0) < limit_per_category:
-                kept.append(r)
-                seen[r["category"]] = seen.get(r["category"], 0) + 1
-        rows = kept
-    return rows
+    return rows if limit_per_category is None else first_per_category(rows, limit_per_category)
+
+
+def first_per_category(rows: list[dict], n: int) -> list[dict]:
+    """The first ``n`` rows of each ``category``, in their order."""
+    seen: dict[str, int] = {}
+    kept = []
+    for r in rows:
+        if seen.get(r["category"], 0) < n:
+            kept.append(r)
+            seen[r["category"]] = seen.get(r["category"], 0) + 1
+    return kept
 
 
 def _cap_words(text: str, n: int) -> str:

@@ -8,14 +8,16 @@ target.
 
 Three sources, in this order:
 
-1. the built-in distillation prompts (the package's ``prompts/distill.jsonl``);
+1. the built-in distillation prompts (the package's ``prompts/distill.jsonl``; pools built
+   before this check existed, the shipped drafter's among them, hold three that share
+   template wording with evaluation prompts: :func:`decontaminate`);
 2. passage tasks (summarise, rewrite, extract, classify, ...) over given passages, so the
    draft also sees answers that copy from the prompt, as the evaluation's summarization,
    extraction and rewriting prompts ask for;
 3. Magpie self-instruct prompts (:func:`draftalign.data.self_instruct_round`), generated
    round by round until ``n_self_instruct`` are kept or a deadline passes.
 
-Every candidate is checked against the held-out prompts (the book's evaluation set and
+Every candidate, built-in ones included, is checked against the held-out prompts (the book's evaluation set and
 MT-Bench): one shared run of 8 words (after lower-casing and dropping punctuation)
 excludes it. Resume is exact: round ``r`` always samples with ``seed + r``, a round is
 written as one line (a torn last line is dropped and the round redone), and duplicates are
@@ -33,10 +35,10 @@ from pathlib import Path
 
 from tqdm.std import tqdm
 
-from .data import load_prompts, self_instruct_round
+from .data import first_per_category, load_prompts, self_instruct_round
 
-__all__ = ["PASSAGE_TASKS", "word_ngrams", "Decontaminator", "passage_prompts", "build_prompt_pool",
-           "held_out_prompts"]
+__all__ = ["PASSAGE_TASKS", "word_ngrams", "Decontaminator", "decontaminate", "passage_prompts",
+           "build_prompt_pool", "held_out_prompts"]
 
 # Instructions applied to a passage; "{passage}" is replaced by the text.
 PASSAGE_TASKS = (
@@ -83,6 +85,15 @@ class Decontaminator:
 def held_out_prompts() -> list[str]:
     """Every prompt the book evaluates on: ``eval`` and ``mt_bench``."""
     return [r["prompt"] for split in ("eval", "mt_bench") for r in load_prompts(split)]
+
+
+def decontaminate(rows: list[dict], held_out: list[str] | None = None, *, n: int = 8) -> list[dict]:
+    """``rows`` (prompt dicts) without those sharing a run of ``n`` words with a held-out
+    prompt (default :func:`held_out_prompts`). The built-in distillation set has three
+    (d0115, d0229, d0296: template wording such as "Summarize the following passage in two
+    sentences", shared with e0025, e0049, e0062); hub datasets may have any number."""
+    guard = Decontaminator(held_out_prompts() if held_out is None else held_out, n)
+    return [r for r in rows if guard.clean(r["prompt"])]
 
 
 def passage_prompts(passages: list[str], n: int, *, seed: int = 0, min_words: int = 40,
@@ -143,7 +154,10 @@ def build_prompt_pool(target, tokenizer, out_dir, *, n_self_instruct: int, passa
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     guard = Decontaminator(held_out_prompts())
-    pool = [{**r, "source": "builtin"} for r in load_prompts("distill", limit_per_category=builtin_per_category)]
+    builtin = [r for r in load_prompts("distill") if guard.clean(r["prompt"])]
+    if builtin_per_category is not None:
+        builtin = first_per_category(builtin, builtin_per_category)
+    pool = [{**r, "source": "builtin"} for r in builtin]
     pool += [r for r in passage_prompts(list(passages), n_passage, seed=seed) if guard.clean(r["prompt"])]
     seen = {" ".join(_words(r["prompt"])) for r in pool}
     path = out_dir / "rounds.jsonl"

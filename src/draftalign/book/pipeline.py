@@ -207,10 +207,15 @@ def _shipped_pretrained(target, P: Profile, folder: Path):
 
 def distill_prompts(P: Profile) -> list[dict]:
     """The prompts the target answers for the profile: the built-in distillation set
-    (``per_category`` of each category), or a hub dataset for the ``gpu`` profile."""
+    (``per_category`` of each category), or a hub dataset for the ``gpu`` profile; either
+    without the prompts that share a run of 8 words with an evaluation or MT-Bench prompt
+    (:func:`draftalign.prompt_pool.decontaminate`)."""
+    from ..data import first_per_category
+    from ..prompt_pool import decontaminate
+
     if P.distill_source == "builtin":
-        return load_prompts("distill", limit_per_category=P.distill_per_category)
-    return load_hub_prompts(P.distill_source, limit=P.distill_per_category * 9, seed=P.seed)
+        return first_per_category(decontaminate(load_prompts("distill")), P.distill_per_category)
+    return decontaminate(load_hub_prompts(P.distill_source, limit=P.distill_per_category * 9, seed=P.seed))
 
 
 def distillation_data(target, tokenizer, P: Profile, *, progress: bool = True) -> datasets.Dataset:

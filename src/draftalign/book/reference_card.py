@@ -130,7 +130,9 @@ def drafter_card(run, name: str) -> str:
         f"2. **Distillation data** (stages `prompts`, `answers`): {prompts.get('results', {}).get('prompts', 0):,} "
         f"prompts (the book's 342 distillation prompts, {prompts.get('results', {}).get('passage', 0):,} passage "
         f"tasks, {prompts.get('results', {}).get('magpie', 0):,} Magpie prompts written by the target itself; "
-        f"none shares a run of 8 words with an evaluation prompt); the first {len({r['prompt'] for r in answers}):,} "
+        f"no passage task or Magpie prompt shares a run of 8 words with an evaluation prompt; three built-in "
+        f"prompts share template wording with one, see `data/README.md`); the first "
+        f"{len({r['prompt'] for r in answers}):,} "
         f"answered, "
         f"greedily ({greedy:,} answers) and sampled at T = {P.ref_sampled_temperature} "
         f"({len(answers) - greedy:,}), up to {P.ref_answer_max_new_tokens} tokens: {tokens:,} answer tokens.",

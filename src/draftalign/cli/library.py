@@ -124,6 +124,14 @@ def add_bench(p):
     p.add_argument("--bounds", action="store_true",
                    help="also the bounds: the target as its own draft (tau = gamma + 1) and a random draft")
     p.add_argument("--json", type=Path, default=None, help="write the record here")
+    p.add_argument("--engine", choices=["torch", "llama.cpp"], default="torch",
+                   help="llama.cpp: the draft exported to GGUF, served by llama-server beside the target's GGUF "
+                        "(build it with `make llama-cpp`), plus llama-bench's k-token pass costs")
+    p.add_argument("--gguf-type", choices=["f32", "f16", "q8_0", "q4_0"], default="q8_0",
+                   help="llama.cpp: the served draft's weight type")
+    p.add_argument("--engine-threads", type=A.gammas, default=[1, 2], help="llama.cpp: thread counts, e.g. 1,2")
+    p.add_argument("--target-gguf", type=Path, default=None,
+                   help="llama.cpp: the target's GGUF (default: the offline target's own Q4_1 file)")
 
 
 COMMANDS = {
@@ -286,6 +294,35 @@ def cmd_check(args):
     return 0 if all(r["ok"] for r in report.values()) else 1
 
 
+def _bench_llama_cpp(args):
+    from ..chat import chat_input_ids
+    from ..llamacpp import benchmark, binaries
+    from ..models import load_tokenizer
+
+    if args.draft is None or args.bounds or args.hf:
+        raise SystemExit("bench --engine llama.cpp: give --draft (a folder over the target's vocabulary), "
+                         "without --bounds or --hf")
+    try:
+        binaries()
+    except FileNotFoundError as e:
+        raise SystemExit(str(e))
+    tokenizer = load_tokenizer(str(args.target))
+    prompts = [chat_input_ids(tokenizer, p["prompt"])[0].tolist() for p in _prompt_rows(args.prompts)[: args.n]]
+    types = tuple(dict.fromkeys(["f32", "f16", "q8_0", args.gguf_type]))
+    record = benchmark(args.draft, prompts, target_gguf=args.target_gguf, gguf_types=types,
+                       served_type=args.gguf_type, gammas=args.gammas, threads=args.engine_threads,
+                       rounds=args.rounds, max_new_tokens=args.max_new_tokens)
+    from ..llamacpp import tables
+
+    for name, table in tables(record).items():
+        print(f"\n{name}\n{table.to_string()}")
+    if args.json:
+        from ..artifacts import write_json
+
+        write_json(args.json, record)
+    return 0
+
+
 def cmd_bench(args):
     from ..chat import chat_input_ids
     from ..drafts import load_draft_for, make_draft
@@ -295,6 +332,8 @@ def cmd_bench(args):
 
     if args.draft is None and not args.bounds:
         raise SystemExit("bench: give --draft, --bounds, or both")
+    if args.engine == "llama.cpp":
+        return _bench_llama_cpp(args)
     prompts = _prompt_rows(args.prompts)[: args.n]
     target, tokenizer = _load(args)
     ids = [chat_input_ids(tokenizer, p["prompt"], device=target.device) for p in prompts]
