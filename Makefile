@@ -33,7 +33,7 @@ llama-cpp: setup
 # The shipped drafter in llama.cpp beside the target's GGUF (README, "llama.cpp")
 bench-llama-cpp: llama-cpp
 	$(PY) -m draftalign.cli bench --engine llama.cpp --draft data/drafts/smollm2-135m-instruct-drafter \
-		--gammas 1,2,4 --engine-threads 1,2 --json data/results/llama_cpp.json
+		--gammas 1,2,4 --engine-threads 1,2 --n 9 --json data/results/llama_cpp.json
 
 # The reference drafter (data/drafts/): every stage, resumable; GPU minutes or CPU hours.
 # Pass STAGES=kd,finetune or BUDGET="--budget kd=600" to run part of it.

@@ -159,3 +159,23 @@ def test_scripts_check_their_arguments_first(argv, flag):
     proc = subprocess.run([sys.executable, *argv], cwd=root, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and flag in proc.stderr, proc.stderr[-500:]
     assert "Loading" not in proc.stderr and time.perf_counter() - start < 60
+
+
+def test_bench_on_llama_cpp_refuses_what_it_cannot_do(monkeypatch, tmp_path):
+    """--engine llama.cpp needs a draft folder and takes neither --bounds nor --hf; without
+    llama.cpp's binaries it says how to build them, before any export."""
+    def never(*_, **__):
+        raise AssertionError("nothing should be loaded or exported")
+
+    monkeypatch.setattr("draftalign.llamacpp.benchmark", never)
+    with pytest.raises(SystemExit, match="give --draft"):
+        cli.main(["bench", "--engine", "llama.cpp", "--bounds"])
+    draft = tmp_path / "draft"
+    draft.mkdir()
+    (draft / "config.json").write_text("{}")
+    with pytest.raises(SystemExit, match="without --bounds or --hf"):
+        cli.main(["bench", "--engine", "llama.cpp", "--draft", str(draft), "--hf"])
+    monkeypatch.setenv("DRAFTALIGN_LLAMA_CPP", str(tmp_path / "none"))
+    monkeypatch.setattr("draftalign.llamacpp.__file__", str(tmp_path / "src" / "pkg" / "llamacpp.py"))
+    with pytest.raises(SystemExit, match="make llama-cpp"):
+        cli.main(["bench", "--engine", "llama.cpp", "--draft", str(draft)])

@@ -90,6 +90,22 @@ def test_summary_table_and_lesson_read_the_summary():
     assert "TVD++ minus FKL on held-out: alpha at T = 1 +0.0" in text and "TVD++ minus TVD" in text
 
 
+def test_pair_states_follow_the_rule():
+    from draftalign.compare import _fmt_pair
+
+    def pairs(lo, hi, overlap):
+        idx = pd.MultiIndex.from_tuples([("held-out", "m", "tvd++", "fkl")], names=["prompts", "measure", "a", "b"])
+        return pd.DataFrame({"diff": [(lo + hi) / 2], "diff_lo": [lo], "diff_hi": [hi],
+                             "intervals_overlap": [overlap]}, index=idx)
+
+    assert _fmt_pair(pairs(0.01, 0.03, False), "held-out", "m", "tvd++", "fkl").endswith(", resolved")
+    one_sign = _fmt_pair(pairs(0.01, 0.03, True), "held-out", "m", "tvd++", "fkl")
+    assert "one sign over the paired prompts" in one_sign and one_sign.endswith("not resolved")
+    assert _fmt_pair(pairs(-0.01, 0.03, True), "held-out", "m", "tvd++", "fkl").endswith("], not resolved")
+    # asked the other way round, the difference and its interval change sign
+    assert _fmt_pair(pairs(0.01, 0.03, False), "held-out", "m", "fkl", "tvd++").startswith("-0.020 [-0.030, -0.010]")
+
+
 def test_flattening_reads_the_held_out_curve():
     steps = np.arange(1, 101)
     flat = pd.DataFrame({"step": steps, "eval_tvd": np.where(steps % 10 == 0, 0.3 + 0.4 * np.exp(-steps / 10), np.nan)})
@@ -97,6 +113,9 @@ def test_flattening_reads_the_held_out_curve():
     t = flattening({("fkl", 0): flat, ("tvd", 0): falling}).set_index("loss")
     assert abs(t.loc["fkl", "share in the last part"]) < 0.1 < t.loc["tvd", "share in the last part"]
     assert "fkl" in t.attrs["reading"] and "Not every loss has flattened" in t.attrs["reading"]
+    assert "tvd: it fell 0.360 over the run and fell 0.120 in the last 33% of the steps (still moving)" in t.attrs["reading"]
+    rising = pd.DataFrame({"step": steps, "eval_tvd": np.where(steps % 10 == 0, 0.3 + 0.001 * steps, np.nan)})
+    assert "it rose 0.090 over the run" in flattening({("rkl", 0): rising}).attrs["reading"]
     assert "less than a tenth" in flattening({("fkl", 0): flat}).attrs["reading"]
 
 

@@ -53,7 +53,10 @@ def _record():
               for k in (1, 2, 3, 5)]
     costs += [{"model": "draft (q8_0)", "test": "tg16", "k": 1, "threads": 1, "ms_per_pass": 2.0}]
     servers = [{"threads": 1, "rows": [{"method": "plain", "threads": 1, "tokens_per_s": 100.0, "speed_up": 1.0},
-                                       {"method": "gamma=2", "threads": 1, "tokens_per_s": 80.0, "speed_up": 0.8}]}]
+                                       {"method": "gamma=2", "threads": 1, "tokens_per_s": 80.0, "speed_up": 0.8,
+                                        "acceptance": 0.5},
+                                       {"method": "gamma=1", "threads": 1, "tokens_per_s": 90.0, "speed_up": 0.9,
+                                        "acceptance": 0.6}]}]
     return {"pass_costs": costs, "servers": servers, "threads": [1], "gammas": [1, 2], "served_type": "q8_0",
             "export_bytes": {"f32": 4_000_000, "q8_0": 1_062_500}}
 
@@ -70,3 +73,47 @@ def test_llama_cpp_tables_read_the_record():
     # gamma 1: a block costs 0.2 + t(2)/t(1) = 1.7 passes, so E[tau] = 1 + alpha must reach 1.7
     assert even.loc[(1, 1), "alpha needed"] == pytest.approx(0.7, abs=1e-3)
     assert t["servers"].loc[(1, "gamma=2"), "speed_up"] == pytest.approx(0.8)
+
+
+def test_chapter5_runtime_tables_from_a_record():
+    from draftalign.book import runtimes
+    from draftalign.costmodel import CostModel
+
+    record = _record()
+    record["shape_costs"] = [{"threads": 1, "shape": s, "layers": L, "hidden": 192, "vocab": 100, "ms": 1.0 + 0.1 * L,
+                              "c": (1.0 + 0.1 * L) / 10, "parameters": 1000 + L}
+                             for s, L in (("draft", 6), ("1 layer", 1), ("2 layers", 2))]
+    torch_cost = pd.DataFrame({"k": [1, 2, 3], "ms_median": [10.0, 11.0, 12.0]})
+    curves = runtimes.pass_cost_curves(torch_cost, record)
+    assert curves.loc[2, runtimes.TORCH] == pytest.approx(1.1)
+    assert curves.loc[5, runtimes.llama_name(1)] == pytest.approx(3.0)  # 30 ms over a 10 ms decoded token
+    assert np.isnan(curves.loc[5, runtimes.TORCH])
+    torch_model = CostModel(9.0, 1.0)  # t(k) = 9 + k
+    table = runtimes.runtime_table(torch_model, 0.1, {1: 1.2}, record, gammas=(1, 2))
+    assert table.loc[runtimes.TORCH, "t(2)/t(1)"] == pytest.approx(1.1)
+    assert table.loc[runtimes.llama_name(1), "speed-up, gamma 2"] == pytest.approx(0.8)
+    assert table.loc[runtimes.llama_name(1), "c (shipped drafter)"] == pytest.approx(0.2)
+    assert np.isnan(table.loc[runtimes.TORCH, "speed-up, gamma 2"])
+    torch_shapes = pd.DataFrame(record["shape_costs"]).drop(columns="threads").set_index("shape")
+    split = runtimes.cost_split_table(torch_shapes, record)
+    assert split.loc[runtimes.llama_name(1), "per_layer_ms"] == pytest.approx(0.1)
+    assert split.loc[runtimes.TORCH, "rest_ms"] == pytest.approx(1.0)
+    shapes = runtimes.shape_table(torch_shapes, record, torch_model, gamma=1, alpha=0.5)
+    # the draft itself needs exactly its own acceptance to match itself
+    assert shapes.loc["draft", f"alpha to match, {runtimes.TORCH}"] == pytest.approx(0.5, abs=1e-6)
+    assert shapes.loc["1 layer", f"alpha to match, {runtimes.TORCH}"] < 0.5  # cheaper: less acceptance needed
+    text = runtimes.reading(table, split, gamma=1)
+    assert "1.10 times one" in text and "0.80x at gamma 2" in text and "acceptance 0.60" in text
+    trim = pd.DataFrame({"vocabulary": {"full": 100, "trimmed": 25}, "c (PyTorch, measured)": {"full": 0.2, "trimmed": 0.1},
+                         "tau at gamma 4": {"full": 2.0, "trimmed": 1.9},
+                         "predicted speed-up (PyTorch)": {"full": 1.1, "trimmed": 1.3}})
+    assert "25 tokens" in runtimes.trim_reading(trim, gamma=4) and "25% of the vocabulary" in runtimes.trim_reading(trim, gamma=4)
+
+
+def test_shipped_speedups_read_the_manifest():
+    from draftalign.book import runtimes
+
+    manifest = {"results": {"run": {"bench-cpu-float32.json": {"table": [
+        {"method": "plain", "time_vs_plain": 1.0}, {"method": "gamma=1", "time_vs_plain": 0.8}]}}}}
+    assert runtimes.shipped_speedups(manifest) == {1: pytest.approx(1.25)}
+    assert runtimes.shipped_speedups({}) == {}

@@ -61,18 +61,40 @@ def test_drafting_leaves_the_target_output_unchanged(draft_gguf, tokenizer):
     assert 0 < rows["gamma=2"]["acceptance"] <= 1
 
 
-def test_llama_server_answers_train_a_draft(tmp_path, tokenizer):
-    from draftalign.answers import load_topk, read_distillation_rows
+def test_llama_server_answers_match_in_process_and_train_a_draft(tmp_path, real_target):
+    """Greedy answers and top-k through llama-server (the target's Q4_1 GGUF, computed by
+    llama.cpp with 8-bit activations) against the in-process target (the same Q4_1 weights
+    dequantized, fp32): the same tokens until the first near-tie flips, top-k probabilities
+    close where they agree; the served folder reads back as rows and trains a draft."""
+    from draftalign.answers import generate_distillation_rows, load_topk, read_distillation_rows
+    from draftalign.distill import distill
+    from draftalign.drafts import load_draft_for
+    from draftalign.models import pad_id
     from draftalign.serving import generate_from_server
+    from draftalign.train import TrainConfig
 
+    target, tokenizer = real_target
+    kw = dict(max_new_tokens=24, temperature=0.0, top_p=1.0, batch_size=3, seed=0, topk=4, progress=False)
     with serve(offline_target_gguf(), slots=2) as url:
-        rows = generate_from_server(url, tokenizer, PROMPTS, tmp_path / "answers", max_new_tokens=16,
-                                    temperature=0.0, top_p=1.0, batch_size=2, seed=0, topk=4, concurrency=2,
-                                    progress=False)
-    assert len(rows) == len(PROMPTS) and all(r["response_ids"] for r in rows)
-    assert read_distillation_rows(tmp_path / "answers") == rows
-    topk = load_topk(tmp_path / "answers")
-    for row in rows:  # the served top-4 at every answer position, the answer's own token first (greedy)
-        ids, logprobs = topk[row["index"]]
-        assert ids.shape == (len(row["response_ids"]), 4)
-        assert ids[:, 0].tolist() == row["response_ids"]
+        rows = generate_from_server(url, tokenizer, PROMPTS, tmp_path / "served", concurrency=2, **kw)
+    local = generate_distillation_rows(target, tokenizer, PROMPTS, tmp_path / "local", **kw)
+    assert len(rows) == len(PROMPTS) and read_distillation_rows(tmp_path / "served") == rows
+    served_topk, local_topk = load_topk(tmp_path / "served"), load_topk(tmp_path / "local")
+    compared = 0
+    for a, b in zip(rows, local):
+        assert a["prompt_ids"] == b["prompt_ids"]  # the same chat template, the same ids
+        same = next((i for i, (x, y) in enumerate(zip(a["response_ids"], b["response_ids"])) if x != y),
+                    min(len(a["response_ids"]), len(b["response_ids"])))
+        assert same >= 8, (a["response"], b["response"])
+        ids_a, lp_a = served_topk[a["index"]]
+        ids_b, lp_b = local_topk[b["index"]]
+        assert ids_a[:same, 0].tolist() == ids_b[:same, 0].tolist() == a["response_ids"][:same]
+        # where both sides list the same top token, its probability agrees within 8-bit activations' error
+        assert (lp_a[:same, 0].exp() - lp_b[:same, 0].exp()).abs().max() < 0.05
+        compared += same
+    assert compared >= 24
+    draft = load_draft_for("data/drafts/smollm2-135m-instruct-pretrained", target, dtype=torch.float32)
+    cfg = TrainConfig.for_steps(2, batch_size=2, lr=1e-4, warmup=1, evals=1, checkpoints=1)
+    history = distill(draft, target, rows, tmp_path / "draft", loss="fkl", cfg=cfg, max_length=128,
+                      pad_id=pad_id(tokenizer), topk=served_topk)
+    assert len(history) >= 2 and torch.isfinite(torch.tensor(history.loss.dropna().to_numpy())).all()

@@ -182,13 +182,18 @@ def flattening(histories: dict, *, column: str = "eval_tvd", tail: float = 1 / 3
         return table
     per_loss = table.groupby("loss", sort=False)[["total change", "change in the last part", "share in the last part"]].mean()
     parts = []
+
+    def moved(x):
+        return f"fell {x:.3f}" if x >= 0 else f"rose {-x:.3f}"
+
     for loss, r in per_loss.iterrows():
-        state = "flattened" if abs(r["share in the last part"]) < flat else "not flattened"
-        parts.append(f"{loss} {r['change in the last part']:+.3f} of {r['total change']:+.3f} ({state})")
+        state = "flattened" if abs(r["share in the last part"]) < flat else "still moving"
+        parts.append(f"{loss}: it {moved(r['total change'])} over the run and {moved(r['change in the last part'])} "
+                     f"in the last {tail:.0%} of the steps ({state})")
     done = (per_loss["share in the last part"].abs() < flat).all()
     table.attrs["reading"] = (
-        f"**Has training flattened?** Change of the held-out TVD (first point minus last, mean over seeds) "
-        f"in the last {tail:.0%} of the steps, of its whole change: " + "; ".join(parts) + ". "
+        f"**Has training flattened?** The held-out {column.replace('eval_', '').upper()} of each loss, mean over "
+        f"seeds: " + "; ".join(parts) + ". "
         + ("Every loss changed by less than a tenth of its total in that stretch: more steps of the same "
            "schedule would change little." if done else
            "Not every loss has flattened: where the curve still falls, the budget, not only the loss, limits "
@@ -203,7 +208,12 @@ def _fmt_pair(pairs: pd.DataFrame, set_name: str, label: str, a: str, b: str) ->
         if key in pairs.index:
             r = pairs.loc[key]
             d, lo, hi = sign * r["diff"], *(sorted((sign * r["diff_lo"], sign * r["diff_hi"])))
-            state = "resolved" if not r["intervals_overlap"] else "not resolved"
+            if not r["intervals_overlap"]:
+                state = "resolved"
+            elif lo > 0 or hi < 0:
+                state = "one sign over the paired prompts, but within the losses' own intervals: not resolved"
+            else:
+                state = "not resolved"
             return f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}], {state}"
     return None
 

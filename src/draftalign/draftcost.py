@@ -130,7 +130,8 @@ def llama_cpp_costs(draft_folder, shapes: dict = SHAPES, *, target_gguf, gguf_ty
     tokenizer = load_tokenizer(str(draft_folder))
 
     def one_token_ms(path):
-        return next(r["ms_per_pass"] for r in pass_costs(path, ks=(1,), threads=threads, bins=bins)
+        return next(r["ms_per_pass"] for r in pass_costs(path, ks=(1,), threads=threads, repetitions=20, n_gen=256,
+                                                         bins=bins)
                     if r["test"].startswith("tg"))
 
     target_ms = one_token_ms(target_gguf)

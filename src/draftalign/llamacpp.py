@@ -40,12 +40,13 @@ def binaries(folder=None) -> dict[str, Path]:
                             + ": build them with `make llama-cpp` (tools/build_llama_cpp.sh, about 25 minutes)")
 
 
-def pass_costs(model: Path, ks=(1, 2, 3, 4, 5, 8), *, threads: int = 1, repetitions: int = 5, bins=None) -> list[dict]:
+def pass_costs(model: Path, ks=(1, 2, 3, 4, 5, 8), *, threads: int = 1, repetitions: int = 5, n_gen: int = 16,
+               bins=None) -> list[dict]:
     """ms of one forward pass over ``k`` new tokens for each ``k`` (llama-bench's prompt
     processing of ``k`` tokens, ``repetitions`` times, mean and spread), and of one decoded
-    token (its text generation test)."""
+    token (its text generation test: ``n_gen`` tokens decoded, the mean per token)."""
     exe = binaries(bins)["bench"]
-    cmd = [str(exe), "-m", str(model), "-p", ",".join(map(str, ks)), "-n", "16", "-t", str(threads),
+    cmd = [str(exe), "-m", str(model), "-p", ",".join(map(str, ks)), "-n", str(n_gen), "-t", str(threads),
            "-r", str(repetitions), "-o", "json"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if done.returncode:
@@ -78,8 +79,8 @@ def serve(target: Path, draft: Path | None = None, *, gamma: int = 4, threads: i
     cmd = [str(exe), "-m", str(target), "--host", "127.0.0.1", "--port", str(port), "-t", str(threads), "-tb",
            str(threads), "-c", str(ctx * slots), "-np", str(slots), "--no-webui"]
     if draft is not None:
-        cmd += ["-md", str(draft), "--draft-max", str(gamma), "--draft-min", str(gamma), "--draft-p-min", "0",
-                "-td", str(threads), "-tbd", str(threads), "-cd", str(ctx)]
+        cmd += ["-md", str(draft), "--spec-type", "draft-simple", "--spec-draft-n-max", str(gamma),
+                "--spec-draft-n-min", str(gamma), "--spec-draft-p-min", "0", "-td", str(threads), "-tbd", str(threads)]
     log = open(os.devnull, "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -201,8 +202,9 @@ def tables(record: dict) -> dict:
     """:func:`benchmark`'s record as tables: ``"export"`` (bytes per GGUF type), ``"pass
     cost"`` (the target's k-token pass in ms and relative to one decoded token, per thread
     count), ``"servers"`` (tok/s, acceptance, speed-up over plain, outputs equal to plain's)
-    and ``"break-even"`` (the acceptance each gamma needs to pay, from the cost model and the
-    draft's measured cost ``c``)."""
+    ``"break-even"`` (the acceptance each gamma needs to pay, from the cost model and the
+    draft's measured cost ``c``) and, where measured, ``"draft shapes"`` (a step's cost per
+    draft shape)."""
     import pandas as pd
 
     from .costmodel import alpha_needed
@@ -228,18 +230,23 @@ def tables(record: dict) -> dict:
         for g in record["gammas"]:
             even.append({"threads": th, "gamma": g, "c": c, "verify t(gamma+1)/t(1)": float(model.verify(g + 1)),
                          "alpha needed": alpha_needed(c, g, model)})
-    return {"export": export, "pass cost": pass_cost, "servers": servers.round(3),
-            "break-even": pd.DataFrame(even).set_index(["threads", "gamma"]).round(3)}
+    out = {"export": export, "pass cost": pass_cost, "servers": servers.round(3),
+           "break-even": pd.DataFrame(even).set_index(["threads", "gamma"]).round(3)}
+    if record.get("shape_costs"):
+        out["draft shapes"] = pd.DataFrame(record["shape_costs"]).set_index(["threads", "shape"]).round(3)
+    return out
 
 
 def benchmark(draft_folder, prompts: list[list[int]], *, target_gguf=None, gguf_types=("f32", "f16", "q8_0"),
               served_type: str = "q8_0", gammas=(1, 2, 4), threads=(1, 2), rounds: int = 3,
-              max_new_tokens: int = 128, work_dir=None, bins=None, progress: bool = True) -> dict:
+              max_new_tokens: int = 128, shapes=None, work_dir=None, bins=None, progress: bool = True) -> dict:
     """The whole llama.cpp measurement of a draft folder (a standard export over the target's
     vocabulary, :func:`draftalign.export.export_draft`): its GGUF in each of ``gguf_types``
     (file sizes), ``llama-bench``'s k-token pass costs of the target and of the draft at each
     thread count, and :func:`bench_servers` with the ``served_type`` draft at each thread
-    count. ``target_gguf`` defaults to the offline target's own file. ``prompts``: chat
+    count, and with ``shapes`` (:data:`draftalign.draftcost.SHAPES`) what a step of each
+    draft shape costs (:func:`draftalign.draftcost.llama_cpp_costs`). ``target_gguf`` defaults
+    to the offline target's own file. ``prompts``: chat
     prompts as token ids. Returns a JSON-ready record with the hardware."""
     import tempfile
 
@@ -258,18 +265,25 @@ def benchmark(draft_folder, prompts: list[list[int]], *, target_gguf=None, gguf_
         files = {t: export_gguf(draft_folder, work / f"draft-{t}.gguf", dtype=t, tokenizer_pre="smollm")
                  for t in gguf_types}
         sizes = {t: f.stat().st_size for t, f in files.items()}
-        costs, servers = [], []
+        costs, servers, shape_costs = [], [], []
         for th in threads:
-            costs += [dict(r, model="target") for r in pass_costs(target_gguf, threads=th, bins=bins)]
+            costs += [dict(r, model="target") for r in pass_costs(target_gguf, threads=th, repetitions=10, n_gen=64,
+                                                                  bins=bins)]
             costs += [dict(r, model=f"draft ({served_type})")
-                      for r in pass_costs(files[served_type], ks=(1,), threads=th, bins=bins)]
+                      for r in pass_costs(files[served_type], ks=(1,), threads=th, repetitions=10, n_gen=64, bins=bins)]
             servers.append(bench_servers(target_gguf, files[served_type], prompts, gammas=gammas, threads=th,
                                          rounds=rounds, max_new_tokens=max_new_tokens, bins=bins,
                                          progress=progress))
+            if shapes:
+                from .draftcost import llama_cpp_costs
+
+                table = llama_cpp_costs(draft_folder, shapes, target_gguf=target_gguf, gguf_type=served_type,
+                                        threads=th, work_dir=work / "shapes", bins=bins)
+                shape_costs += [dict(r, threads=th) for r in table.reset_index().to_dict("records")]
     finally:
         if tmp is not None:
             tmp.cleanup()
     return {"hardware": versions()["hardware"], "target_gguf": target_gguf.name,
             "target_gguf_bytes": target_gguf.stat().st_size, "draft": str(draft_folder),
             "export_bytes": sizes, "served_type": served_type, "pass_costs": costs, "servers": servers,
-            "gammas": list(gammas), "threads": list(threads)}
+            "gammas": list(gammas), "threads": list(threads), "shape_costs": shape_costs}

@@ -296,6 +296,7 @@ def cmd_check(args):
 
 def _bench_llama_cpp(args):
     from ..chat import chat_input_ids
+    from ..draftcost import SHAPES
     from ..llamacpp import benchmark, binaries
     from ..models import load_tokenizer
 
@@ -307,11 +308,15 @@ def _bench_llama_cpp(args):
     except FileNotFoundError as e:
         raise SystemExit(str(e))
     tokenizer = load_tokenizer(str(args.target))
-    prompts = [chat_input_ids(tokenizer, p["prompt"])[0].tolist() for p in _prompt_rows(args.prompts)[: args.n]]
-    types = tuple(dict.fromkeys(["f32", "f16", "q8_0", args.gguf_type]))
+    from ..data import first_per_category
+
+    rows = _prompt_rows(args.prompts)
+    per = -(-args.n // len({r["category"] for r in rows}))  # every category, in file order
+    prompts = [chat_input_ids(tokenizer, p["prompt"])[0].tolist() for p in first_per_category(rows, per)[: args.n]]
+    types = ("f32", "f16", "q8_0", "q4_0")
     record = benchmark(args.draft, prompts, target_gguf=args.target_gguf, gguf_types=types,
                        served_type=args.gguf_type, gammas=args.gammas, threads=args.engine_threads,
-                       rounds=args.rounds, max_new_tokens=args.max_new_tokens)
+                       rounds=args.rounds, max_new_tokens=args.max_new_tokens, shapes=SHAPES)
     from ..llamacpp import tables
 
     for name, table in tables(record).items():
