@@ -104,6 +104,8 @@ def test_chapter5_runtime_tables_from_a_record():
     assert shapes.loc["1 layer", f"alpha to match, {runtimes.TORCH}"] < 0.5  # cheaper: less acceptance needed
     text = runtimes.reading(table, split, gamma=1)
     assert "1.10 times one" in text and "0.80x at gamma 2" in text and "acceptance 0.60" in text
+    assert "costs little more than one" in text  # PyTorch here: t(5)/t(1) = 1.4
+    assert runtimes.regime(4.5).endswith("nearly k tokens") and "between" in runtimes.regime(2.2)
     trim = pd.DataFrame({"vocabulary": {"full": 100, "trimmed": 25}, "c (PyTorch, measured)": {"full": 0.2, "trimmed": 0.1},
                          "tau at gamma 4": {"full": 2.0, "trimmed": 1.9},
                          "predicted speed-up (PyTorch)": {"full": 1.1, "trimmed": 1.3}})

@@ -204,7 +204,8 @@ def tables(record: dict) -> dict:
     count), ``"servers"`` (tok/s, acceptance, speed-up over plain, outputs equal to plain's)
     ``"break-even"`` (the acceptance each gamma needs to pay, from the cost model and the
     draft's measured cost ``c``) and, where measured, ``"draft shapes"`` (a step's cost per
-    draft shape)."""
+    draft shape) and the same two for PyTorch eager when the record holds them (``"torch"``:
+    ``draftalign bench --engine llama.cpp`` measures them in the same run)."""
     import pandas as pd
 
     from .costmodel import alpha_needed
@@ -234,6 +235,13 @@ def tables(record: dict) -> dict:
            "break-even": pd.DataFrame(even).set_index(["threads", "gamma"]).round(3)}
     if record.get("shape_costs"):
         out["draft shapes"] = pd.DataFrame(record["shape_costs"]).set_index(["threads", "shape"]).round(3)
+    if record.get("torch"):  # PyTorch eager, fp32, measured in the same run
+        out["pass cost, PyTorch eager"] = pd.concat(
+            {run["threads"]: pd.DataFrame(run["pass_cost"]).set_index("k") for run in record["torch"]},
+            names=["threads"]).round(3)
+        out["draft shapes, PyTorch eager"] = pd.concat(
+            {run["threads"]: pd.DataFrame(run["shape_costs"]).set_index("shape") for run in record["torch"]},
+            names=["threads"]).round(3)
     return out
 
 

@@ -24,7 +24,7 @@ from ..costmodel import CostModel, alpha_needed
 from .profiles import repo_root
 
 __all__ = ["LLAMA_CPP_RESULTS", "llama_name", "load_llama_cpp", "pass_cost_curves", "plot_pass_costs", "runtime_table",
-           "shipped_speedups", "cost_split_table", "shape_table", "reading", "trim_reading"]
+           "shipped_speedups", "cost_split_table", "shape_table", "regime", "reading", "trim_reading"]
 
 LLAMA_CPP_RESULTS = Path("data") / "results" / "llama_cpp.json"
 TORCH = "PyTorch eager, this CPU"
@@ -160,44 +160,43 @@ def shape_table(torch_costs: pd.DataFrame, record: dict | None, torch_model: Cos
     return out.rename_axis("shape")
 
 
+def regime(t5: float) -> str:
+    """What ``t(5) / t(1)`` says about a runtime's passes: near 1, verification is nearly free
+    (fixed cost per call, or memory, dominates); near 5, every token costs its arithmetic."""
+    if t5 <= 1.6:
+        return "a pass is mostly fixed cost or memory traffic, so verifying several tokens costs little more than one"
+    if t5 >= 3.0:
+        return "the arithmetic of each token is most of the cost, so verifying k tokens costs nearly k tokens"
+    return "verification costs well above one token but below k: between the memory- and the compute-bound limit"
+
+
+def _speedups(row) -> str:
+    return ", ".join(f"{row[f'speed-up, gamma {g}']:.2f}x at gamma {g}" for g in (1, 2, 4)
+                     if f"speed-up, gamma {g}" in row and row[f"speed-up, gamma {g}"] == row[f"speed-up, gamma {g}"])
+
+
 def reading(table: pd.DataFrame, split: pd.DataFrame, *, gamma: int) -> str:
-    """Two paragraphs built from :func:`runtime_table` and :func:`cost_split_table`."""
-    torch = table.loc[TORCH]
-    llama = [n for n in table.index if n != TORCH]
-    parts = [f"In PyTorch eager on this CPU a pass over 2 tokens costs {torch['t(2)/t(1)']:.2f} times one, "
-             f"over 5 tokens {torch['t(5)/t(1)']:.2f} times: much of a call is fixed cost (Python, dispatch, "
-             f"one kernel per operation) that a longer pass shares, so the shipped drafter breaks even at "
-             f"alpha = {torch[f'alpha needed, gamma {gamma}']:.2f} for gamma = {gamma} "
-             f"(c = {torch['c (shipped drafter)']:.3f})."]
-    if llama:
-        one = table.loc[llama[0]]
-        parts.append(f"In llama.cpp on the same CPU ({llama[0].split(', ')[-1]}) the same passes cost "
-                     f"{one['t(2)/t(1)']:.2f} and {one['t(5)/t(1)']:.2f} times one: its fixed cost per call is "
-                     f"small and the 135M target's arithmetic is the cost, so verifying k tokens costs nearly k "
-                     f"tokens and gamma = {gamma} would need alpha = {one[f'alpha needed, gamma {gamma}']:.2f} "
-                     f"even though a draft step costs only c = {one['c (shipped drafter)']:.3f} of a target "
-                     f"step. Measured through llama-server, speculative decoding gives "
-                     + ", ".join(f"{one[f'speed-up, gamma {g}']:.2f}x at gamma {g}"
-                                 for g in (1, 2, 4) if f"speed-up, gamma {g}" in one)
-                     + f" (acceptance {one['acceptance (server, smallest gamma)']:.2f} per drafted token).")
-    if len(llama) > 1:
-        more = table.loc[llama[-1]]
-        parts.append(f"With {llama[-1].split(', ')[-1]} a pass over 2 tokens costs {more['t(2)/t(1)']:.2f} times one "
-                     f"(5 tokens: {more['t(5)/t(1)']:.2f}): a one-token pass leaves the extra cores partly idle and a "
-                     f"longer pass puts them to work, so verification is relatively cheaper, yet speculative decoding "
-                     f"still gives " + ", ".join(f"{more[f'speed-up, gamma {g}']:.2f}x at gamma {g}"
-                                                 for g in (1, 2, 4) if f"speed-up, gamma {g}" in more) + ".")
-    s = split.loc[TORCH]
-    parts.append(f"Within a draft step, PyTorch spends {s['per_layer_ms']:.2f} ms per layer and "
-                 f"{s['rest_ms']:.2f} ms on the rest (output layer, embedding, fixed cost): the layers are "
-                 f"{100 * s['layers_share']:.0f}% of the shipped drafter's step.")
-    for name in llama:
-        if name in split.index:
-            s = split.loc[name]
-            parts.append(f"In {name.split(', this CPU')[0]} ({name.split(', ')[-1]}) a layer costs "
-                         f"{1000 * s['per_layer_ms']:.0f} us and the rest {1000 * s['rest_ms']:.0f} us: the layers "
-                         f"are {100 * s['layers_share']:.0f}% of a step.")
-    return " ".join(parts)
+    """Paragraphs built from :func:`runtime_table` and :func:`cost_split_table`: per runtime,
+    its pass costs and what they mean (:func:`regime`), the break-even acceptance at
+    ``gamma`` and the measured speed-ups; then where a draft step's time goes."""
+    parts = []
+    for name, row in table.iterrows():
+        text = (f"**{name}**: a pass over 2 tokens costs {row['t(2)/t(1)']:.2f} times one and over 5 tokens "
+                f"{row['t(5)/t(1)']:.2f} times (the fitted line): {regime(row['t(5)/t(1)'])}. With the shipped "
+                f"drafter's step at c = {row['c (shipped drafter)']:.3f}, gamma = {gamma} breaks even at "
+                f"alpha = {row[f'alpha needed, gamma {gamma}']:.2f}")
+        measured = _speedups(row)
+        if measured:
+            text += f"; measured, speculative decoding gives {measured}"
+            accepted = row.get("acceptance (server, smallest gamma)")
+            if accepted is not None and accepted == accepted:
+                text += f" (acceptance {accepted:.2f} per drafted token)"
+        parts.append(text + ".")
+    for name, s in split.iterrows():
+        parts.append(f"**Where a draft step goes, {name}**: {1000 * s['per_layer_ms']:.0f} us per layer and "
+                     f"{1000 * s['rest_ms']:.0f} us for the rest (output layer, embedding, fixed cost per call); the "
+                     f"layers are {100 * s['layers_share']:.0f}% of the shipped drafter's step.")
+    return "\n\n".join(parts)
 
 
 def trim_reading(trim: pd.DataFrame, *, gamma: int) -> str:

@@ -317,6 +317,21 @@ def _bench_llama_cpp(args):
     record = benchmark(args.draft, prompts, target_gguf=args.target_gguf, gguf_types=types,
                        served_type=args.gguf_type, gammas=args.gammas, threads=args.engine_threads,
                        rounds=args.rounds, max_new_tokens=args.max_new_tokens, shapes=SHAPES)
+    # PyTorch eager beside it, the same machine and minutes: the target's k-token passes and the draft's shapes
+    import torch
+
+    from ..draftcost import torch_costs
+    from ..models import load_target
+    from ..timing import pass_cost
+
+    target, _ = load_target(args.target, dtype=torch.float32)
+    record["torch"] = []
+    for th in args.engine_threads:
+        torch.set_num_threads(th)
+        costs = pass_cost(target, prefix_len=96, ks=(1, 2, 3, 4, 5, 8), repeats=20)
+        shapes = torch_costs(target, args.draft, SHAPES, repeats=20, prefix_len=96)
+        record["torch"].append({"threads": th, "pass_cost": costs.to_dict("records"),
+                                "shape_costs": shapes.reset_index().to_dict("records")})
     from ..llamacpp import tables
 
     for name, table in tables(record).items():
