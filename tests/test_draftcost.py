@@ -94,6 +94,8 @@ def test_chapter5_runtime_tables_from_a_record():
     assert table.loc[runtimes.llama_name(1), "speed-up, gamma 2"] == pytest.approx(0.8)
     assert table.loc[runtimes.llama_name(1), "c (shipped drafter)"] == pytest.approx(0.2)
     assert np.isnan(table.loc[runtimes.TORCH, "speed-up, gamma 2"])
+    # gamma 1, acceptance 0.6: tau 1.6 over c + t(2)/t(1) = 0.2 + 1.5
+    assert table.loc[runtimes.llama_name(1), "predicted speed-up, gamma 1"] == pytest.approx(1.6 / 1.7)
     torch_shapes = pd.DataFrame(record["shape_costs"]).drop(columns="threads").set_index("shape")
     split = runtimes.cost_split_table(torch_shapes, record)
     assert split.loc[runtimes.llama_name(1), "per_layer_ms"] == pytest.approx(0.1)
@@ -119,3 +121,15 @@ def test_shipped_speedups_read_the_manifest():
         {"method": "plain", "time_vs_plain": 1.0}, {"method": "gamma=1", "time_vs_plain": 0.8}]}}}}
     assert runtimes.shipped_speedups(manifest) == {1: pytest.approx(1.25)}
     assert runtimes.shipped_speedups({}) == {}
+
+
+def test_measured_cost_reads_its_points_and_the_line_beyond():
+    from draftalign.costmodel import MeasuredCost, alpha_needed
+
+    m = MeasuredCost(4.0, 5.0, points=((1, 10.0), (2, 19.0), (4, 25.0)))
+    assert m.t1_ms == 10.0
+    assert m.verify(2) == pytest.approx(1.9) and m.verify(3) == pytest.approx(2.2)
+    assert m.verify(8) == pytest.approx((4 + 5 * 8) / 10)
+    # gamma 1 at c = 0.1 breaks even where 1 + alpha = 0.1 + 1.9
+    assert alpha_needed(0.1, 1, m) == pytest.approx(1.0, abs=1e-6)
+    assert m.speedup(1.5, 1, 0.0) == pytest.approx(1.5 / 1.9)

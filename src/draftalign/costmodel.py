@@ -17,7 +17,7 @@ import pandas as pd
 from .metrics import expected_tau
 from .timing import pass_cost
 
-__all__ = ["CostModel", "fit_cost_model", "step_ms", "speedup_grid", "alpha_needed"]
+__all__ = ["CostModel", "MeasuredCost", "fit_cost_model", "step_ms", "speedup_grid", "alpha_needed"]
 
 
 
@@ -56,6 +56,27 @@ class CostModel:
     def best_gamma(self, alpha: float, c: float, gammas: Sequence[int] = range(1, 9)) -> int:
         s = self.predicted(alpha, gammas, c)
         return int(s.idxmax())
+
+
+@dataclass(frozen=True)
+class MeasuredCost(CostModel):
+    """A :class:`CostModel` that reads ``t(k)`` from measured points (linear between them, the
+    fitted line ``a + b k`` beyond them) instead of the line: for a runtime whose pass cost
+    is not a straight line in ``k`` (threads that a one-token pass leaves idle, kernels that
+    change with the number of rows). ``points``: ``((k, ms), ...)`` with ``k = 1`` among them."""
+
+    points: tuple = ()
+
+    @property
+    def t1_ms(self) -> float:
+        return float(dict(self.points)[1])
+
+    def verify(self, k) -> float | np.ndarray:
+        ks, ms = (np.array(v, dtype=float) for v in zip(*sorted(self.points)))
+        k = np.asarray(k, dtype=float)
+        inside = np.interp(k, ks, ms)
+        outside = self.a_ms + self.b_ms * k
+        return np.where((k >= ks[0]) & (k <= ks[-1]), inside, outside) / self.t1_ms
 
 
 def fit_cost_model(costs: pd.DataFrame) -> CostModel:

@@ -179,18 +179,19 @@ def bench_servers(target: Path, draft: Path, prompts: list[list[int]], *, gammas
 
 
 def cost_model(rows: list[dict], threads: int, model: str = "target"):
-    """The :class:`draftalign.costmodel.CostModel` of ``model`` from :func:`pass_costs` rows
-    at ``threads``: the line ``t(k) = a + b k`` through one decoded token (``k = 1``, the
+    """The cost model of ``model`` from :func:`pass_costs` rows at ``threads``: a
+    :class:`draftalign.costmodel.MeasuredCost` through one decoded token (``k = 1``, the
     ``tg`` test: a step with a context, as in decoding) and the k-token passes (``pp`` tests,
-    ``k >= 2``)."""
+    ``k >= 2``), the fitted line beyond them."""
     import pandas as pd
 
-    from .costmodel import fit_cost_model
+    from .costmodel import MeasuredCost, fit_cost_model
 
     mine = [r for r in rows if r["threads"] == threads and r.get("model", model) == model]
     points = [(1, r["ms_per_pass"]) for r in mine if r["test"].startswith("tg")]
     points += [(r["k"], r["ms_per_pass"]) for r in mine if r["test"].startswith("pp") and r["k"] >= 2]
-    return fit_cost_model(pd.DataFrame(points, columns=["k", "ms_median"]))
+    line = fit_cost_model(pd.DataFrame(points, columns=["k", "ms_median"]))
+    return MeasuredCost(line.a_ms, line.b_ms, points=tuple(points))
 
 
 def _one_token_ms(rows, threads, model):

@@ -92,17 +92,23 @@ def runtime_table(torch_model: CostModel, torch_c: float, torch_speedup: dict[in
                   gammas=(1, 2, 4)) -> pd.DataFrame:
     """One row per runtime: ``t(2)/t(1)`` and ``t(5)/t(1)`` of its fitted cost line, the
     shipped drafter's step cost ``c``, the acceptance each gamma needs to break even, and the
-    speed-up each gamma measured (PyTorch: ``torch_speedup``; llama.cpp: its servers)."""
+    speed-up each gamma measured (PyTorch: ``torch_speedup``; llama.cpp: its servers) and, for
+    llama.cpp, the speed-up the cost model predicts from the server's own acceptance (the gap
+    is what the server spends per block beyond a draft step and a verification pass)."""
     from ..llamacpp import cost_model
 
     rows = {}
 
-    def row(model, c, speedups, accepted=None):
+    def row(model, c, speedups, accepted=None, per_gamma=None):
         out = {"t(2)/t(1)": float(model.verify(2)), "t(5)/t(1)": float(model.verify(5)), "c (shipped drafter)": c}
         for g in gammas:
             out[f"alpha needed, gamma {g}"] = alpha_needed(c, g, model)
         for g in gammas:
             out[f"speed-up, gamma {g}"] = speedups.get(g, np.nan)
+        for g in gammas:  # tau = 1 + gamma x acceptance: every block drafts gamma tokens
+            a = (per_gamma or {}).get(g)
+            out[f"predicted speed-up, gamma {g}"] = (float(model.speedup(1 + g * a, g, c)) if a is not None
+                                                     else np.nan)
         if accepted is not None:
             out["acceptance (server, smallest gamma)"] = accepted
         return out
@@ -116,7 +122,8 @@ def runtime_table(torch_model: CostModel, torch_c: float, torch_speedup: dict[in
         speedups = {int(r["method"].split("=")[1]): r["speed_up"] for r in run["rows"] if r["method"] != "plain"}
         first = min((r for r in run["rows"] if r["method"] != "plain"), key=lambda r: int(r["method"].split("=")[1]))
         accepted = first.get("acceptance")  # per drafted token, at the smallest gamma
-        rows[llama_name(th)] = row(model, c, speedups, accepted)
+        per_gamma = {int(r["method"].split("=")[1]): r.get("acceptance") for r in run["rows"] if r["method"] != "plain"}
+        rows[llama_name(th)] = row(model, c, speedups, accepted, per_gamma)
     return pd.DataFrame(rows).T.rename_axis("runtime")
 
 
@@ -180,6 +187,7 @@ def reading(table: pd.DataFrame, split: pd.DataFrame, *, gamma: int) -> str:
     its pass costs and what they mean (:func:`regime`), the break-even acceptance at
     ``gamma`` and the measured speed-ups; then where a draft step's time goes."""
     parts = []
+    min_gamma = min(int(c.rsplit(" ", 1)[1]) for c in table.columns if c.startswith("speed-up, gamma"))
     for name, row in table.iterrows():
         text = (f"**{name}**: a pass over 2 tokens costs {row['t(2)/t(1)']:.2f} times one and over 5 tokens "
                 f"{row['t(5)/t(1)']:.2f} times (the fitted line): {regime(row['t(5)/t(1)'])}. With the shipped "
@@ -191,6 +199,10 @@ def reading(table: pd.DataFrame, split: pd.DataFrame, *, gamma: int) -> str:
             accepted = row.get("acceptance (server, smallest gamma)")
             if accepted is not None and accepted == accepted:
                 text += f" (acceptance {accepted:.2f} per drafted token)"
+            predicted = row.get(f"predicted speed-up, gamma {min_gamma}")
+            if predicted is not None and predicted == predicted:
+                text += (f", where the cost model predicts {predicted:.2f}x at gamma {min_gamma} from that acceptance: "
+                         f"the rest is what the server spends per block beyond a draft step and a verification pass")
         parts.append(text + ".")
     for name, s in split.iterrows():
         parts.append(f"**Where a draft step goes, {name}**: {1000 * s['per_layer_ms']:.0f} us per layer and "
