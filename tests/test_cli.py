@@ -86,7 +86,7 @@ def test_every_subcommand_has_help_with_an_example(command, capsys):
 
 # -- end to end, for another chat model ----------------------------------------------------------------
 
-def test_the_whole_path_for_a_qwen2_target(qwen_target, prompt_file, tmp_path, capsys):
+def test_the_whole_path_for_a_qwen2_target(qwen_target, prompt_file, tmp_path, capsys, monkeypatch):
     t = ["--target", str(qwen_target), "--threads", "1"]
     assert cli.main(["pretrain", *t, "--out", str(tmp_path / "pre"), "--corpus", "stdlib", "--texts", "40",
                      "--hidden", "16", "--layers", "1", "--heads", "2", "--intermediate", "32", "--block", "32",
@@ -98,8 +98,11 @@ def test_the_whole_path_for_a_qwen2_target(qwen_target, prompt_file, tmp_path, c
     assert len(records) == 6
     for cached in ([], ["--cached"]):
         out = tmp_path / f"fkl{len(cached)}"
-        assert cli.main(["distill", *t, "--draft", str(tmp_path / "pre"), "--data", str(tmp_path / "answers"),
-                         "--out", str(out), "--loss", "fkl", "--steps", "2", "--batch", "2", *cached]) == 0
+        with monkeypatch.context() as m:
+            if cached:  # the cached top-k stands for the target: its weights are never loaded
+                m.setattr("draftalign.models.load_target", lambda *a, **k: pytest.fail("the target was loaded"))
+            assert cli.main(["distill", *t, "--draft", str(tmp_path / "pre"), "--data", str(tmp_path / "answers"),
+                             "--out", str(out), "--loss", "fkl", "--steps", "2", "--batch", "2", *cached]) == 0
         assert (out / "config.json").exists()
     assert cli.main(["evaluate", *t, "--draft", str(tmp_path / "fkl0"), "--prompts", str(prompt_file),
                      "--gamma", "2", "--max-new-tokens", "6"]) == 0
@@ -179,3 +182,12 @@ def test_bench_on_llama_cpp_refuses_what_it_cannot_do(monkeypatch, tmp_path):
     monkeypatch.setattr("draftalign.llamacpp.__file__", str(tmp_path / "src" / "pkg" / "llamacpp.py"))
     with pytest.raises(SystemExit, match="make llama-cpp"):
         cli.main(["bench", "--engine", "llama.cpp", "--draft", str(draft)])
+
+
+def test_target_shell_has_the_shape_and_no_weights(qwen_target):
+    from draftalign.models import target_shell, vocab_size
+
+    shell = target_shell(str(qwen_target))
+    real = AutoModelForCausalLM.from_pretrained(qwen_target)
+    assert all(p.is_meta for p in shell.parameters())
+    assert vocab_size(shell) == vocab_size(real) and shell.config.eos_token_id == real.config.eos_token_id

@@ -43,6 +43,7 @@ __all__ = [
     "hub_reachable",
     "offline_target_folder",
     "offline_target_gguf",
+    "target_shell",
     "SPECIAL_KEYS",
     "target_identity",
     "same_target",
@@ -138,6 +139,30 @@ def load_target(name: str = DEFAULT_TARGET, *, device=None, dtype=None):
         except Exception as exc:
             errors.append(f"offline copy failed: {type(exc).__name__}: {_first_line(exc)}")
     raise RuntimeError(f"could not load target {name!r}:\n  " + "\n  ".join(errors))
+
+
+def target_shell(name: str = DEFAULT_TARGET):
+    """The target's architecture without its weights: the model built from its config on
+    PyTorch's ``meta`` device (no memory, no download beyond ``config.json``). What work
+    that never runs the target needs from it (its vocabulary size, its special ids): KD
+    from a cached top-k (``draftalign distill --cached``), which a 70B target would
+    otherwise load on every process. Resolved as :func:`load_tokenizer` resolves ``name``."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    local = Path(name).expanduser()
+    if local.is_dir():
+        config = AutoConfig.from_pretrained(local)
+    else:
+        try:
+            config = AutoConfig.from_pretrained(name, local_files_only=not hub_reachable())
+        except Exception:
+            if name != DEFAULT_TARGET:
+                raise
+            config = AutoConfig.from_pretrained(offline_target_folder())
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    model.draftalign_source = f"shell:{name}"
+    return model.eval()
 
 
 def load_tokenizer(name: str = DEFAULT_TARGET):

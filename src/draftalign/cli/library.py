@@ -87,7 +87,7 @@ def add_distill(p):
     p.add_argument("--batch", type=A.positive(int), default=D["kd_batch"])
     p.add_argument("--lr", type=A.positive(float), default=D["kd_lr"])
     p.add_argument("--max-length", type=A.positive(int), default=D["kd_max_length"])
-    p.add_argument("--cached", action="store_true", help="train on the data's cached top-k (no target passes)")
+    p.add_argument("--cached", action="store_true", help="train on the data's cached top-k (no target passes; the target's weights are not even loaded)")
 
 
 def add_evaluate(p):
@@ -236,10 +236,20 @@ def cmd_distill(args):
     from ..models import pad_id
     from ..train import TrainConfig
 
-    target, tokenizer = _load(args)
     import torch
 
-    draft = load_draft_for(args.draft, target, dtype=torch.float32)
+    if args.cached:  # the cached top-k stands for the target: its weights are never needed, nor loaded
+        from ..drafts import load_draft
+        from ..models import load_tokenizer, target_shell, vocab_size
+
+        target, tokenizer = target_shell(str(args.target)), load_tokenizer(str(args.target))
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        draft = load_draft(args.draft, dtype=torch.float32, device=device, vocab_size=vocab_size(target)).eval()
+        if args.threads:
+            torch.set_num_threads(args.threads)
+    else:
+        target, tokenizer = _load(args)
+        draft = load_draft_for(args.draft, target, dtype=torch.float32)
     rows = read_distillation_rows(args.data)
     topk = load_topk(args.data) if args.cached else None
     if args.cached and not topk:
