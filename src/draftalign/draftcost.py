@@ -115,25 +115,20 @@ def torch_costs(target, draft, shapes: dict = SHAPES, *, repeats: int = 30, pref
     return table
 
 
-def llama_cpp_costs(draft_folder, shapes: dict = SHAPES, *, target_gguf, gguf_type: str = "q8_0",
-                    threads: int = 1, work_dir, bins=None) -> pd.DataFrame:
-    """llama.cpp (``llama-bench``'s decoded token, ``threads`` threads): per shape, the ms of
-    one step of a GGUF of that shape in ``gguf_type`` and ``c`` over the target's GGUF.
-    Trimmed vocabularies are left out: a GGUF holds one embedding row per token of its
-    tokenizer, so llama.cpp has no draft over part of the vocabulary."""
+def llama_cpp_costs(draft_folder, shapes: dict = SHAPES, *, target_gguf, one_token_ms, gguf_type: str = "q8_0",
+                    work_dir) -> pd.DataFrame:
+    """llama.cpp: per shape, the ms of one decoded token of a GGUF of that shape in
+    ``gguf_type`` and ``c`` over the target's GGUF. ``one_token_ms(path)`` times one GGUF
+    (:func:`draftalign.llamacpp.benchmark` passes ``llama-bench``'s decoded token at its
+    thread count), so this module stays free of any runtime. Trimmed vocabularies are left
+    out: a GGUF holds one embedding row per token of its tokenizer, so llama.cpp has no
+    draft over part of the vocabulary."""
     from .export import export_draft
     from .gguf_export import export_gguf
-    from .llamacpp import pass_costs
     from .models import load_tokenizer
 
     work = Path(work_dir)
     tokenizer = load_tokenizer(str(draft_folder))
-
-    def one_token_ms(path):
-        return next(r["ms_per_pass"] for r in pass_costs(path, ks=(1,), threads=threads, repetitions=20, n_gen=256,
-                                                         bins=bins)
-                    if r["test"].startswith("tg"))
-
     target_ms = one_token_ms(target_gguf)
     rows = []
     for i, (name, (layers, hidden, vocab)) in enumerate(shapes.items()):

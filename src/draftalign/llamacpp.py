@@ -286,8 +286,13 @@ def benchmark(draft_folder, prompts: list[list[int]], *, target_gguf=None, gguf_
             if shapes:
                 from .draftcost import llama_cpp_costs
 
-                table = llama_cpp_costs(draft_folder, shapes, target_gguf=target_gguf, gguf_type=served_type,
-                                        threads=th, work_dir=work / "shapes", bins=bins)
+                def one_token_ms(path, th=th):
+                    return next(r["ms_per_pass"] for r in pass_costs(path, ks=(1,), threads=th, repetitions=20,
+                                                                     n_gen=256, bins=bins)
+                                if r["test"].startswith("tg"))
+
+                table = llama_cpp_costs(draft_folder, shapes, target_gguf=target_gguf, one_token_ms=one_token_ms,
+                                        gguf_type=served_type, work_dir=work / "shapes")
                 shape_costs += [dict(r, threads=th) for r in table.reset_index().to_dict("records")]
     finally:
         if tmp is not None:
