@@ -10,7 +10,7 @@ from . import args as A
 EXAMPLES = {
     "book": "draftalign book --profile cpu --build",
     "reference": "draftalign reference --stages pretrain --budget pretrain=600",
-    "study": "draftalign study --stages topk,offline --steps 300",
+    "study": "draftalign study --stages report",
     "recipe": "draftalign recipe --draft pretrained --loss fkl --steps 250",
 }
 
@@ -23,6 +23,8 @@ def add_book(p):
     p.add_argument("--build", action="store_true", help="render the HTML afterwards")
     p.add_argument("--no-run", action="store_true", help="skip execution (render what is there)")
     p.add_argument("--quiet", action="store_true", help="no per-cell progress bar while a notebook runs")
+    p.add_argument("--student", action="store_true",
+                   help="write the student edition (notebooks/student/: exercises open, solutions out) and exit")
 
 
 def add_reference(p):
@@ -42,10 +44,10 @@ def add_reference(p):
 
 
 def add_study(p):
-    from ..book.loss_study import SIZES, STAGES
+    from ..book.loss_study import SIZES, STAGES, STEPS
 
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, of {','.join(STAGES)}")
-    p.add_argument("--steps", type=A.positive(int), default=300, help="optimizer steps per run (every loss and mode)")
+    p.add_argument("--steps", type=A.positive(int), default=STEPS, help="optimizer steps per run (every loss and mode)")
     p.add_argument("--seeds", default="0,1,2", help="training seeds per loss")
     p.add_argument("--out", type=Path, default=None, help="the run folder (default: runs/loss-study)")
     p.add_argument("--results", type=Path, default=None, help="default: data/results/loss_study.json")
@@ -111,6 +113,9 @@ def check_book(ap, args) -> None:
         for item in args.set:
             if item.partition("=")[0] not in SIZES:
                 ap.error(f"--set {item}: no size {item.partition('=')[0]!r}")
+    elif args.command == "book" and args.student and (args.only or args.build or args.no_run):
+        ap.error("--student writes the student edition of every chapter and runs nothing; "
+                 "it takes no --only, --build or --no-run")
     elif args.command == "recipe":
         kind = args.draft.partition(":")[0]
         if args.draft != "pretrained" and kind not in ("fresh", "layers"):
@@ -120,6 +125,12 @@ def check_book(ap, args) -> None:
 def cmd_book(args):
     from ..book.runner import build_html, run_notebooks
 
+    if args.student:  # runs nothing: the full chapters are read, the student copies written
+        from ..book.student import write_student_edition
+
+        for path in write_student_edition():
+            print(f"[book] wrote {path}")
+        return
     if not args.no_run:  # papermill's bar advances cell by cell: a long chapter is never silent
         run_notebooks(args.profile, only=args.only, progress=not args.quiet)
     if args.build:
