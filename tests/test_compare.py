@@ -129,3 +129,7 @@ def test_study_tables_reads_the_saved_study():
     table, verdicts, facts = study_tables(study, (("alpha", 1.0, "alpha at T = 1"),))
     assert ("held-out", "fkl") in table.index and verdicts == ["**held-out.** Alpha at T = 1: fkl leads."]
     assert "2 losses x 2 seeds, 300 steps" in facts and "2.0 h on a CPU" in facts
+    study["runs"] = {"planned": ["pretrained", "offline/fkl-s0", "offline/fkl-s1"], "done": ["pretrained", "offline/fkl-s0"],
+                     "missing": ["offline/fkl-s1"]}
+    assert study_tables(study, (("alpha", 1.0, "alpha at T = 1"),))[2].endswith(
+        "2 of 3 runs done so far; still to run: offline/fkl-s1")

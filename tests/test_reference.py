@@ -147,6 +147,10 @@ def test_greedy_agreement_is_one_for_the_target_itself_and_padding_free(tiny_lla
         pred = draft(input_ids=seq).logits[0].argmax(-1)
         n = len(r["prompt_ids"])
         assert hits == int((pred[n - 1:-1] == torch.tensor(r["response_ids"])).sum())
+    # with labels (the target's argmax along an answer it sampled), hits are counted against them
+    labelled = [dict(r, labels=draft(input_ids=torch.tensor([r["prompt_ids"] + r["response_ids"]])).logits[0]
+                     .argmax(-1)[len(r["prompt_ids"]) - 1:-1].tolist()) for r in rows]
+    assert (greedy_agreement(draft, labelled, batch_size=2).agreement == 1.0).all()
 
 
 # -- embeddings from the target --------------------------------------------------------

@@ -270,4 +270,8 @@ def study_tables(study: dict, measures) -> tuple[pd.DataFrame, list[str], str]:
              f"{s.get('batch')} answers, on {d.get('pool_rows', 0):,} answers ({d.get('pool_answer_tokens', 0):,} "
              f"answer tokens) of the shipped set; {d.get('held_out_prompts')} held-out prompts, "
              f"{d.get('mt_bench_prompts')} MT-Bench; {hours:.1f} h on {hw.get('cpu', hw.get('hardware', 'this CPU'))}")
+    runs = study.get("runs")
+    if runs and runs.get("missing"):
+        facts += (f". {len(runs['done'])} of {len(runs['planned'])} runs done so far; still to run: "
+                  f"{', '.join(runs['missing'])}")
     return table, verdicts, facts

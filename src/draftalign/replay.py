@@ -44,10 +44,11 @@ def greedy_answers(target, tokenizer, prompts: list[dict], *, max_new_tokens: in
 
 
 @torch.inference_mode()
-def _argmax_hits(draft, sequences: list[tuple[list[int], list[int]]], batch_size: int) -> list[np.ndarray]:
+def _argmax_hits(draft, sequences: list[tuple[list[int], list[int]]], batch_size: int,
+                 labels: list[list[int]] | None = None) -> list[np.ndarray]:
     """Per (prompt ids, answer ids): whether the draft's argmax after the prompt and
-    ``answer[:t]`` is ``answer[t]``, by teacher forcing; ``batch_size`` sequences per pass,
-    right-padded (positions as unpadded)."""
+    ``answer[:t]`` is ``answer[t]`` (or ``labels[i][t]`` where given), by teacher forcing;
+    ``batch_size`` sequences per pass, right-padded (positions as unpadded)."""
     device = next(draft.parameters()).device
     out = []
     for start in range(0, len(sequences), batch_size):
@@ -64,8 +65,9 @@ def _argmax_hits(draft, sequences: list[tuple[list[int], list[int]]], batch_size
         else:
             pred = draft(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.argmax(-1).cpu()  # [B, T]
             guesses = [pred[j, len(p) - 1:len(p) + len(a) - 1] for j, (p, a) in enumerate(chunk)]
-        for guess, (_, a) in zip(guesses, chunk):
-            out.append((guess == torch.tensor(list(a), dtype=torch.long)).numpy())
+        for j, (guess, (_, a)) in enumerate(zip(guesses, chunk)):
+            want = labels[start + j] if labels is not None else a
+            out.append((guess == torch.tensor(list(want), dtype=torch.long)).numpy())
     return out
 
 
@@ -82,15 +84,20 @@ def greedy_agreement(draft, rows, *, batch_size: int = 16, progress: bool = Fals
     those answers, one forward pass per batch instead of a decoding loop.
 
     ``rows``: dicts (or a dataset) with ``prompt_ids`` and ``response_ids`` (a greedy answer
-    of the target) and optionally ``id``/``index`` and ``category``. Returns one row per
-    answer: ``id``, ``category``, ``tokens`` (answer tokens scored), ``hits`` (draft argmax
-    equal to the target's token) and ``agreement``.
+    of the target) and optionally ``id``/``index`` and ``category``; rows that carry
+    ``labels`` (the target's most likely token at each answer position, e.g. from
+    :func:`draftalign.ngram.topk_labelled`) are scored against those instead, so answers the
+    target sampled measure greedy agreement too. Returns one row per answer: ``id``,
+    ``category``, ``tokens`` (answer tokens scored), ``hits`` (draft argmax equal to the
+    target's token) and ``agreement``.
     """
     rows = list(rows)
     hits = []
     for start in tqdm(range(0, len(rows), 8 * batch_size), desc="agreement", disable=not progress, mininterval=5):
         part = rows[start:start + 8 * batch_size]
-        hits += _argmax_hits(draft, [(list(r["prompt_ids"]), list(r["response_ids"])) for r in part], batch_size)
+        labels = [list(r["labels"]) for r in part] if part and "labels" in part[0] else None
+        hits += _argmax_hits(draft, [(list(r["prompt_ids"]), list(r["response_ids"])) for r in part], batch_size,
+                             labels)
     return pd.DataFrame([{"id": r.get("id", r.get("index", i)), "category": r.get("category"),
                           "tokens": len(h), "hits": int(h.sum()), "agreement": float(h.sum()) / max(1, len(h))}
                          for i, (r, h) in enumerate(zip(rows, hits))])

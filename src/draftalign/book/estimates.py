@@ -44,6 +44,8 @@ TAU = 1.8  # tokens per target call of the book's distilled drafts at gamma 4 (C
 ANSWER_TOKENS = 0.6  # of max_new_tokens: answers that stop before the limit (measured on the book's sets)
 
 
+REFERENCE_ROWS = 10_240  # answers in data/distill/smollm2-135m-reference
+SHIPPED_ROWS = 684  # answers in data/distill/smollm2-135m-t0.7 (the cpu profile's kd_data)
 REFERENCE_DRAFT = 12_978_624  # parameters of the shape the unit costs were measured with
 TARGET = 134_515_008
 
@@ -90,7 +92,13 @@ def work_counts(P) -> dict[str, dict[str, float]]:
                     + P.ch5_bench_rounds * P.ch5_bench_prompts * t5 * 4  # against transformers
                     + len(P.ch5_temperatures) * P.ch5_temperature_prompts * 6 * _decode(P.ch5_temperature_max_new_tokens)
                     + len(P.ch5_pass_ks) * P.ch5_pass_repeats}
-    return {"Ch. 1": ch1, "Ch. 2": ch2, "Ch. 3": ch3, "Ch. 4": ch4, "Ch. 5": ch5}
+    # Appendix A: the sub-vocabulary ceilings (the target over the held-out answers, 8 a pass,
+    # each pass about 4 decoding calls' worth) and the yardsticks (each loss's draft over them)
+    rows = (P.kd_rows or REFERENCE_ROWS) if "reference" in str(P.kd_data) else \
+        (9 * P.distill_per_category + P.self_instruct_n if P.kd_data == "generated" else SHIPPED_ROWS)
+    held = max(9, round(P.kd_held_out_share * rows))
+    app = {"calls": 4 * math.ceil(held / 8) + len(P.kd_losses) * math.ceil(held / 16) + 8}
+    return {"Ch. 1": ch1, "Ch. 2": ch2, "Ch. 3": ch3, "Ch. 4": ch4, "Ch. 5": ch5, "App. A": app}
 
 
 def estimate_minutes(P, gpu: str) -> dict[str, float]:
@@ -118,7 +126,8 @@ def _fmt(minutes: float) -> str:
 
 def estimate_table(profiles, gpus=("T4", "A100")) -> str:
     """The README's Markdown table: one row per (profile, GPU), one column per chapter."""
-    rows = ["| profile, GPU | Ch. 1 | Ch. 2 | Ch. 3 | Ch. 4 | Ch. 5 | book |", "|---|---|---|---|---|---|---|"]
+    columns = list(estimate_minutes(profiles[0], gpus[0]))
+    rows = ["| profile, GPU | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for P in profiles:
         for gpu in gpus:
             est = estimate_minutes(P, gpu)

@@ -27,7 +27,7 @@ def chapter_time(number: str) -> str:
     from .estimates import estimate_minutes, measured_cpu_minutes
     from .profiles import get_profile, repo_root
 
-    chapter = f"Ch. {int(number)}"
+    chapter = "App. A" if number == "06" else f"Ch. {int(number)}"
     measured = measured_cpu_minutes(repo_root())
     seconds = next((v for k, v in measured.get("seconds", {}).items() if k.startswith(number)), None)
     cpu = (f"With the `cpu` profile this chapter took {seconds / 60:.0f} min on {measured['hardware']} "
