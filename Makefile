@@ -6,7 +6,7 @@ PY      := $(VENV)/bin/python
 PROFILE ?= cpu
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup test book notebooks html bench reference clean llama-cpp bench-llama-cpp
+.PHONY: setup test book notebooks html student bench reference clean llama-cpp bench-llama-cpp
 
 setup: $(STAMP)
 
@@ -56,6 +56,11 @@ $(MATHJAX):
 
 notebooks: setup
 	$(PY) -m draftalign.cli book --profile $(PROFILE)
+
+# The student edition: notebooks/student/, each chapter with its exercises open and the
+# solutions taken out (draftalign.book.student); runs nothing.
+student: setup
+	$(PY) -m draftalign.cli book --student
 
 html: setup $(MATHJAX)
 	$(PY) -m draftalign.cli book --no-run --build

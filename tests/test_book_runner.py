@@ -94,3 +94,20 @@ def test_tidy_executed_drops_progress_bars_and_collapses_setup(tmp_path):
     assert [o.name for o in outputs] == ["stderr", "stdout"]  # the all-bar stream is gone
     assert outputs[0].text == "UserWarning: something the reader should see\n"
     assert outputs[1].text == "tau = 1.93 (tok/s 17.7)\n"
+
+
+def test_a_whole_cpu_run_keeps_each_chapters_measured_time(tmp_path, monkeypatch):
+    from draftalign.book import notebook as N
+    from draftalign.book import profiles
+
+    root = _project(tmp_path, {"01_a.ipynb": [("code", 'PROFILE = "cpu"', ["parameters"]), ("code", "x = 1")]})
+    run_notebooks("cpu", root=root, only=["01"])  # a partial run measures nothing
+    assert not (root / "book" / "measured-times.json").exists()
+    run_notebooks("ci", root=root)  # nor does another profile
+    assert not (root / "book" / "measured-times.json").exists()
+    times = run_notebooks("cpu", root=root)
+    record = json.loads((root / "book" / "measured-times.json").read_text())
+    assert record["seconds"] == {"01_a.ipynb": times[0]["seconds"]} and record["hardware"] and record["date"]
+    monkeypatch.setattr(profiles, "repo_root", lambda: root)
+    line = N.chapter_time("01")
+    assert f"took {times[0]['seconds'] / 60:.0f} min on {record['hardware']}" in line and "*estimated*" in line

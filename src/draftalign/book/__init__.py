@@ -7,6 +7,7 @@ stages as artifacts in ``runs/<profile>/``), ``reference`` and ``reference_measu
 reference drafter's run, the same pipeline at another profile), ``reference_card``,
 ``verdict`` (Chapter 4's prompts and answers), ``loss_study`` (the loss study at the
 reference scale), ``recipe`` (one distillation recipe, measured), ``chapter5`` (Chapter 5's
-drafts and the paper's numbers), ``runner`` (the chapter runner), ``notebook`` (each
-chapter's setup call), ``display``, ``figures`` and ``schematics`` (what the pages show).
+drafts and the paper's numbers), ``runner`` (the chapter runner), ``student`` (the
+chapters' student edition), ``notebook`` (each chapter's setup call), ``display``,
+``figures`` and ``schematics`` (what the pages show).
 """

@@ -23,8 +23,9 @@ import time
 from pathlib import Path
 
 from .profiles import PROFILES, repo_root
+from .student import strip_markers
 
-__all__ = ["notebooks", "run_notebooks", "build_html", "source_digest", "tidy_executed"]
+__all__ = ["notebooks", "run_notebooks", "record_measured_times", "build_html", "source_digest", "tidy_executed"]
 
 
 COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
@@ -59,10 +60,11 @@ def tidy_executed(path: Path) -> Path:
     """Make an executed chapter read well in the rendered book, in place: progress bars
     are dropped from the outputs (they served the run, not the reader), papermill's
     injected parameters cell is removed, the parameters and Colab install cells are
-    collapsed (one click shows them) and the imports of the setup cell hidden behind a toggle. Nothing a cell printed besides the bars is lost."""
+    collapsed (one click shows them), the imports of the setup cell hidden behind a toggle and
+    the exercises' solution markers removed. Nothing a cell printed besides the bars is lost."""
     import nbformat
 
-    nb = nbformat.read(str(path), as_version=4)
+    nb = strip_markers(nbformat.read(str(path), as_version=4))  # solutions read as plain code
     for cell in nb.cells:
         if cell.cell_type == "markdown":  # the badge's image from the book itself: it renders offline
             cell.source = cell.source.replace(COLAB_BADGE, "../_assets/colab-badge.svg")
@@ -139,9 +141,23 @@ def run_notebooks(profile: str, *, root: Path | None = None, only: list[str] | N
                       "source_sha256": source_digest(nb)})
         print(f"[book] {nb.name} done in {seconds:.1f} s", flush=True)
     (out_dir / f"timings-{profile}.json").write_text(json.dumps(times, indent=2))
+    if profile == "cpu" and not only and out_dir == root / "book" / "notebooks":
+        record_measured_times(root, times)
     total = sum(t["seconds"] for t in times)
     print(f"[book] all {len(times)} notebooks ran in {total:.1f} s (profile {profile})")
     return times
+
+
+def record_measured_times(root: Path, times: list[dict]) -> Path:
+    """Keep a whole ``cpu`` run's per-chapter seconds in ``book/measured-times.json``
+    (tracked: each chapter page states its measured CPU time from it, see
+    :func:`draftalign.book.notebook.chapter_time`), with the hardware and the date."""
+    from ..artifacts import write_json
+    from ..provenance import versions
+
+    return write_json(Path(root) / "book" / "measured-times.json",
+                      {"hardware": versions()["hardware"], "date": time.strftime("%Y-%m-%d"),
+                       "seconds": {t["notebook"]: t["seconds"] for t in times}})
 
 
 def build_html(root: Path | None = None) -> Path:
