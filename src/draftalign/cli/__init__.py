@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import book as book_commands
+import draftalign.cli.book as book_commands
 from . import library
 
 __all__ = ["main", "build_parser", "EXAMPLES"]
